@@ -1,0 +1,389 @@
+//! Configuration from the environment (CONTRACT.md "Configuration").
+//!
+//! Production fails closed: a missing or invalid value stops the process
+//! with one line naming the variable, never its value. Elsewhere, missing
+//! secrets are generated once and kept in `klubz-ledger.secrets` (mode 0600)
+//! in the working directory, with a warning naming the file.
+
+use crate::store::chain::ChainKey;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub const SECRETS_FILE: &str = "klubz-ledger.secrets";
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://klubz-ledger.db";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Staging,
+    Production,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// A secret string. `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The 32-byte master key from `ENCRYPTION_KEY`.
+#[derive(Clone)]
+pub struct MasterKey([u8; 32]);
+
+impl MasterKey {
+    pub fn parse_hex(raw: &str) -> Option<Self> {
+        let bytes = hex::decode(raw.trim()).ok()?;
+        Some(Self(bytes.try_into().ok()?))
+    }
+    pub fn chain_key(&self) -> ChainKey {
+        ChainKey::derive(&self.0)
+    }
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub bind_addr: SocketAddr,
+    pub environment: Environment,
+    pub jwt_secret: Secret,
+    pub encryption_key: MasterKey,
+    /// One or more, for rotation.
+    pub webhook_secrets: Vec<Secret>,
+    pub stripe_secret_key: Option<Secret>,
+    pub stripe_api_base: String,
+    pub stripe_livemode: bool,
+    pub webhook_tolerance_secs: u64,
+    pub log_format: LogFormat,
+    /// Secrets generated into the secrets file by this load (to warn about).
+    pub generated: Vec<&'static str>,
+    pub secrets_file: Option<PathBuf>,
+}
+
+/// Names the variable and the problem, never the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration error: {variable}: {problem}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+fn err(variable: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        problem: problem.into(),
+    }
+}
+
+impl Config {
+    /// Reads the process environment; secrets file in the current directory.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        Self::load(|k| std::env::var(k).ok(), &dir)
+    }
+
+    /// Reads configuration through `var` (testable without touching the
+    /// process environment); `dir` is where the secrets file lives.
+    pub fn load(var: impl Fn(&str) -> Option<String>, dir: &Path) -> Result<Self, ConfigError> {
+        let get = |k: &str| var(k).filter(|v| !v.trim().is_empty());
+        let environment = match get("ENVIRONMENT").as_deref() {
+            None | Some("development") => Environment::Development,
+            Some("staging") => Environment::Staging,
+            Some("production") => Environment::Production,
+            Some(_) => {
+                return Err(err(
+                    "ENVIRONMENT",
+                    "must be development, staging or production",
+                ))
+            }
+        };
+        let production = environment == Environment::Production;
+
+        let database_url = get("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            return Err(err(
+                "DATABASE_URL",
+                "must start with sqlite:// or postgres://",
+            ));
+        }
+        let bind_addr = get("BIND_ADDR")
+            .unwrap_or_else(|| "127.0.0.1:8787".into())
+            .parse()
+            .map_err(|_| err("BIND_ADDR", "must be an address such as 127.0.0.1:8787"))?;
+
+        // Secrets: the environment first; else (not production) the file.
+        let secrets_path = dir.join(SECRETS_FILE);
+        let mut file = if production {
+            BTreeMap::new()
+        } else {
+            read_secrets(&secrets_path)?
+        };
+        let mut generated = Vec::new();
+        let mut secret =
+            |name: &'static str, make: fn() -> String| -> Result<String, ConfigError> {
+                if let Some(v) = get(name) {
+                    return Ok(v);
+                }
+                if production {
+                    return Err(err(name, "required in production"));
+                }
+                if let Some(v) = file.get(name) {
+                    return Ok(v.clone());
+                }
+                let v = make();
+                file.insert(name.to_string(), v.clone());
+                generated.push(name);
+                Ok(v)
+            };
+        let jwt_secret = secret("JWT_SECRET", || hex::encode(random_bytes()))?;
+        let encryption_hex = secret("ENCRYPTION_KEY", || hex::encode(random_bytes()))?;
+        let webhook_raw = secret("STRIPE_WEBHOOK_SECRET", || {
+            format!("whsec_{}", hex::encode(random_bytes()))
+        })?;
+        if !generated.is_empty() {
+            write_secrets(&secrets_path, &file)?;
+        }
+
+        if jwt_secret.len() < 32 {
+            return Err(err("JWT_SECRET", "must be at least 32 bytes"));
+        }
+        let encryption_key = MasterKey::parse_hex(&encryption_hex)
+            .ok_or_else(|| err("ENCRYPTION_KEY", "must be 64 hex characters (32 bytes)"))?;
+        let webhook_secrets: Vec<Secret> = webhook_raw
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(Secret::new)
+            .collect();
+        if webhook_secrets.is_empty()
+            || webhook_secrets
+                .iter()
+                .any(|s| !s.expose().starts_with("whsec_"))
+        {
+            return Err(err(
+                "STRIPE_WEBHOOK_SECRET",
+                "must be one or more whsec_… values, comma-separated",
+            ));
+        }
+
+        let stripe_livemode = match get("STRIPE_LIVEMODE").as_deref() {
+            None => production,
+            Some("true") => true,
+            Some("false") => false,
+            Some(_) => return Err(err("STRIPE_LIVEMODE", "must be true or false")),
+        };
+        let webhook_tolerance_secs = match get("WEBHOOK_TOLERANCE_SECS") {
+            None => 300,
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| err("WEBHOOK_TOLERANCE_SECS", "must be a positive integer"))?,
+        };
+        let log_format = match get("LOG_FORMAT").as_deref() {
+            None | Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some(_) => return Err(err("LOG_FORMAT", "must be json or pretty")),
+        };
+        let stripe_api_base =
+            get("STRIPE_API_BASE").unwrap_or_else(|| "https://api.stripe.com".into());
+        if !(stripe_api_base.starts_with("https://") || stripe_api_base.starts_with("http://")) {
+            return Err(err("STRIPE_API_BASE", "must be an http(s) URL"));
+        }
+
+        Ok(Self {
+            database_url,
+            bind_addr,
+            environment,
+            jwt_secret: Secret::new(jwt_secret),
+            encryption_key,
+            webhook_secrets,
+            stripe_secret_key: get("STRIPE_SECRET_KEY").map(Secret::new),
+            stripe_api_base,
+            stripe_livemode,
+            webhook_tolerance_secs,
+            log_format,
+            secrets_file: (!production).then_some(secrets_path),
+            generated,
+        })
+    }
+}
+
+fn random_bytes() -> [u8; 32] {
+    rand::random()
+}
+
+fn read_secrets(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => {
+            return Err(err(
+                "JWT_SECRET",
+                format!("cannot read {}: {e}", path.display()),
+            ))
+        }
+    };
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect())
+}
+
+fn write_secrets(path: &Path, values: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    use std::io::Write as _;
+    let mut text =
+        String::from("# Development secrets generated by klubz-ledger. Never commit this file.\n");
+    for (k, v) in values {
+        text.push_str(&format!("{k}={v}\n"));
+    }
+    let write = || -> std::io::Result<()> {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(path)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    };
+    write().map_err(|e| {
+        err(
+            "JWT_SECRET",
+            format!("cannot write {}: {e}", path.display()),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)], dir: &Path) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(|k| map.get(k).cloned(), dir)
+    }
+
+    fn tmp() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn development_generates_secrets_once_with_mode_0600() {
+        let dir = tmp();
+        let first = load(&[], dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            first.generated,
+            vec!["JWT_SECRET", "ENCRYPTION_KEY", "STRIPE_WEBHOOK_SECRET"]
+        );
+        let second = load(&[], dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(second.generated.is_empty());
+        assert_eq!(first.jwt_secret, second.jwt_secret);
+        assert_eq!(first.encryption_key.bytes(), second.encryption_key.bytes());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(SECRETS_FILE))
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or(0);
+            assert_eq!(mode, 0o600);
+        }
+        assert_eq!(first.database_url, DEFAULT_DATABASE_URL);
+        assert!(!first.stripe_livemode);
+    }
+
+    #[test]
+    fn production_requires_secrets_and_names_only_the_variable() {
+        let dir = tmp();
+        let e = load(&[("ENVIRONMENT", "production")], dir.path()).err();
+        assert_eq!(e.map(|e| e.variable), Some("JWT_SECRET"));
+        assert!(!dir.path().join(SECRETS_FILE).exists());
+
+        let secret_value = "short-but-secret-value";
+        let e = load(
+            &[("ENVIRONMENT", "production"), ("JWT_SECRET", secret_value)],
+            dir.path(),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            e.contains("JWT_SECRET") || e.contains("ENCRYPTION_KEY"),
+            "{e}"
+        );
+        assert!(!e.contains(secret_value));
+    }
+
+    #[test]
+    fn production_accepts_a_complete_configuration() {
+        let dir = tmp();
+        let cfg = load(
+            &[
+                ("ENVIRONMENT", "production"),
+                ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+                ("ENCRYPTION_KEY", &"ab".repeat(32)),
+                ("STRIPE_WEBHOOK_SECRET", "whsec_test_one, whsec_test_two"),
+            ],
+            dir.path(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.webhook_secrets.len(), 2);
+        assert!(cfg.stripe_livemode);
+        assert!(format!("{cfg:?}").contains("<redacted>"));
+        assert!(!format!("{cfg:?}").contains("whsec_test_one"));
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let dir = tmp();
+        for (var, value) in [
+            ("ENCRYPTION_KEY", "not-hex"),
+            ("STRIPE_WEBHOOK_SECRET", "sk_wrong"),
+            ("WEBHOOK_TOLERANCE_SECS", "-5"),
+            ("DATABASE_URL", "mysql://x"),
+            ("LOG_FORMAT", "xml"),
+        ] {
+            let e = load(&[(var, value)], dir.path()).err();
+            assert_eq!(e.map(|e| e.variable), Some(var));
+        }
+    }
+}

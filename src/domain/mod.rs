@@ -1,0 +1,21 @@
+//! The domain: events, statuses, the transition table, the fold and the
+//! command decisions. Pure and total: no I/O, no `async`, no clock, no
+//! randomness. Everything else in the crate depends on this module; it
+//! depends on nothing in the crate.
+
+pub mod decide;
+pub mod events;
+pub mod fold;
+pub mod money;
+pub mod payment;
+pub mod status;
+pub mod table;
+pub mod trip;
+
+pub use decide::{decide, Command, Context, DomainError};
+pub use events::{Event, Recorded, Source};
+pub use fold::{fold_booking, BookingFold, BookingState, EventOutcome, OutcomeKind};
+pub use money::{Cents, Currency};
+pub use payment::{PaymentSignal, RefundState, StripeFact};
+pub use status::{BookingStatus, PaymentStatus};
+pub use trip::{fold_trip, TripState};

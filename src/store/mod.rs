@@ -1,0 +1,277 @@
+//! The event store: one async trait, two real backends (SQLite, PostgreSQL).
+//!
+//! Every write is a [`Submission`]: a domain command. The store, in one
+//! transaction, checks the idempotency key, loads what the decision needs,
+//! calls the pure [`decide`](crate::domain::decide), appends the event with
+//! its stream version and hash-chain link, and recomputes the projections
+//! the event touches. Submissions are committed in groups by writer tasks
+//! ([`writer`]), so durability costs one fsync per batch, not per event.
+//!
+//! Only this module writes SQL.
+
+pub mod chain;
+pub mod migrations;
+pub mod postgres;
+pub mod sqlite;
+mod unit;
+pub mod verify;
+mod writer;
+
+use crate::domain::{Command, DomainError, EventOutcome, Recorded, Source, TripState};
+use crate::projection::BookingView;
+use async_trait::async_trait;
+use chrono::{DateTime, SubsecRound, Utc};
+use futures::stream::BoxStream;
+use std::sync::Arc;
+
+/// The expected version of the target stream, for optimistic concurrency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream's version (the decision is made under lock).
+    #[default]
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's latest version must be exactly this.
+    Exactly(i64),
+}
+
+/// One command to record.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub command: Command,
+    pub source: Source,
+    /// When the fact happened: Stripe's `created` for Stripe events, else now.
+    pub occurred_at: DateTime<Utc>,
+    pub expected_version: ExpectedVersion,
+    /// Overrides the command's natural key (operator records need one).
+    pub idempotency_key: Option<String>,
+    /// The raw Stripe body, already encrypted.
+    pub raw_payload: Option<Vec<u8>>,
+}
+
+impl Submission {
+    pub fn new(command: Command, source: Source, occurred_at: DateTime<Utc>) -> Self {
+        Self {
+            command,
+            source,
+            occurred_at: occurred_at.trunc_subsecs(6),
+            expected_version: ExpectedVersion::Any,
+            idempotency_key: None,
+            raw_payload: None,
+        }
+    }
+
+    pub fn expect_version(mut self, expected: ExpectedVersion) -> Self {
+        self.expected_version = expected;
+        self
+    }
+
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    pub fn with_raw_payload(mut self, raw: Vec<u8>) -> Self {
+        self.raw_payload = Some(raw);
+        self
+    }
+}
+
+/// What happened to a submission that was recorded (or had been already).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    pub seq: i64,
+    pub stream: String,
+    pub stream_version: i64,
+    /// `true` when the key was already stored: nothing new was written.
+    pub duplicate: bool,
+    /// The booking the event belongs to, when it binds to one.
+    pub booking_id: Option<String>,
+    /// What the event did (absent for duplicates and events no projection
+    /// tracks, such as trip and operator events).
+    pub outcome: Option<EventOutcome>,
+}
+
+/// Why a submission was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The domain refused the command; nothing was stored.
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// The key was used before for a different request.
+    #[error("idempotency key {key:?} was used for a different request")]
+    IdempotencyConflict { key: String },
+    /// Optimistic concurrency: the stream moved.
+    #[error("stream {stream} is at version {actual}, expected {expected}")]
+    VersionConflict {
+        stream: String,
+        expected: String,
+        actual: i64,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The storage itself failed. Handling: answer 503 so the caller retries;
+/// nothing acknowledged was lost.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Backend(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// An event row as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub stream: String,
+    pub stream_version: i64,
+    pub kind: String,
+    pub source: String,
+    pub idempotency_key: String,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    pub payload: String,
+    pub raw_payload: Option<Vec<u8>>,
+    pub fingerprint: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl StoredEvent {
+    /// Decodes the payload into a domain event.
+    pub fn recorded(&self) -> Result<Recorded, StoreError> {
+        let event = crate::domain::Event::from_parts(&self.kind, &self.payload)
+            .map_err(|e| StoreError::Corrupt(format!("seq {}: {e}", self.seq)))?;
+        Ok(Recorded {
+            seq: self.seq,
+            recorded_at: self.recorded_at,
+            event,
+        })
+    }
+}
+
+/// One entry of a booking's timeline: an event and what it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineEntry {
+    pub seq: i64,
+    pub kind: String,
+    pub source: String,
+    pub stream: String,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    pub outcome: Option<EventOutcome>,
+}
+
+/// The storage behind the engine. `Arc<dyn EventStore>` is what HTTP, the
+/// commands and the replay tool hold.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Which backend this is (`sqlite` | `postgres`).
+    fn backend(&self) -> &'static str;
+
+    /// Records one command. Returns only after the transaction committed.
+    async fn submit(&self, submission: Submission) -> Result<Submitted, SubmitError>;
+
+    /// Cheap liveness check of the database.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The highest seq in the log (0 when empty).
+    async fn head_seq(&self) -> Result<i64, StoreError>;
+
+    /// A stream's events in version order.
+    async fn read_stream(&self, stream: &str) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Up to `limit` events with `seq > after`, in seq order.
+    async fn read_after(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Every event with `seq > after`, in seq order, fetched page by page so
+    /// the log is never loaded whole.
+    fn stream_all(&self, after: i64) -> BoxStream<'_, Result<StoredEvent, StoreError>>;
+
+    /// Every event of a booking's history: its own stream and the payment
+    /// streams of the intents bound to it.
+    async fn booking_history(&self, booking_id: &str) -> Result<Vec<StoredEvent>, StoreError>;
+
+    async fn booking(&self, booking_id: &str) -> Result<Option<BookingView>, StoreError>;
+
+    async fn trip(&self, trip_id: &str) -> Result<Option<TripState>, StoreError>;
+
+    /// The booking's events with their outcomes, in seq order.
+    async fn timeline(&self, booking_id: &str) -> Result<Vec<TimelineEntry>, StoreError>;
+
+    /// The outcome recorded for one event.
+    async fn outcome(&self, seq: i64) -> Result<Option<EventOutcome>, StoreError>;
+
+    /// Booking ids with `id > after`, ordered, at most `limit`.
+    async fn booking_ids(&self, after: &str, limit: i64) -> Result<Vec<String>, StoreError>;
+
+    /// Trip ids with `id > after`, ordered, at most `limit`.
+    async fn trip_ids(&self, after: &str, limit: i64) -> Result<Vec<String>, StoreError>;
+
+    /// Outbox message keys for a booking (side effects produced so far).
+    async fn outbox_keys(&self, booking_id: &str) -> Result<Vec<String>, StoreError>;
+}
+
+/// Opens the store named by a `DATABASE_URL`, migrating it first.
+pub async fn open(
+    database_url: &str,
+    chain_key: chain::ChainKey,
+) -> Result<Arc<dyn EventStore>, StoreError> {
+    if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+        Ok(Arc::new(
+            postgres::PgStore::open(database_url, chain_key, postgres::Options::default()).await?,
+        ))
+    } else if database_url.starts_with("sqlite:") {
+        Ok(Arc::new(
+            sqlite::SqliteStore::open(database_url, chain_key).await?,
+        ))
+    } else {
+        Err(StoreError::Unavailable(
+            "DATABASE_URL must start with sqlite:// or postgres://".to_string(),
+        ))
+    }
+}
+
+/// Now, at the precision both backends store (microseconds), so a time
+/// read back equals the time written and hashed.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// RFC 3339 with microseconds: how times are hashed and stored as text.
+pub fn format_time(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// `stream_all` for any store: pages of `read_after`, so memory holds one
+/// page at a time.
+pub(crate) fn paged_stream<S: EventStore + ?Sized>(
+    store: &S,
+    after: i64,
+    page: i64,
+) -> BoxStream<'_, Result<StoredEvent, StoreError>> {
+    use futures::StreamExt;
+    futures::stream::unfold(Some(after), move |cursor| async move {
+        let after = cursor?;
+        match store.read_after(after, page).await {
+            Ok(rows) if rows.is_empty() => None,
+            Ok(rows) => {
+                let next = rows.last().map(|r| r.seq);
+                let items: Vec<Result<StoredEvent, StoreError>> =
+                    rows.into_iter().map(Ok).collect();
+                Some((futures::stream::iter(items), next))
+            }
+            Err(e) => Some((futures::stream::iter(vec![Err(e)]), None)),
+        }
+    })
+    .flatten()
+    .boxed()
+}

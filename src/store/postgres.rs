@@ -1,0 +1,676 @@
+//! PostgreSQL: for production and for several engine processes on one
+//! database. Writer tasks commit batches concurrently; transaction-scoped
+//! advisory locks, taken in a global order (intent → booking → trip),
+//! serialise work on the same booking, intent or trip across processes;
+//! unique constraints (idempotency key, stream version) back them up, and a
+//! batch that hits one (or a deadlock) is retried whole.
+
+use super::chain::ChainKey;
+use super::migrations::{migrator, Dialect};
+use super::sqlite::batch_error;
+use super::unit::{
+    run_batch, BatchEnv, BatchError, ExistingKey, JobResult, LooseOutcome, NewRow, OutboxRow,
+    UnitTx,
+};
+use super::writer::{BatchRunner, Writer};
+use super::{
+    now, EventStore, StoreError, StoredEvent, Submission, SubmitError, Submitted, TimelineEntry,
+};
+use crate::domain::fold::OutcomeKind;
+use crate::domain::{
+    BookingState, BookingStatus, Currency, EventOutcome, PaymentStatus, TripState,
+};
+use crate::projection::BookingView;
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+const EVENT_COLUMNS: &str = "seq, stream, stream_version, kind, source, idempotency_key, \
+    occurred_at, recorded_at, payload, raw_payload, fingerprint, prev_hash, hash";
+
+/// Tuning.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Concurrent writer tasks (each commits its own batches).
+    pub writers: usize,
+    pub max_connections: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            writers: 4,
+            max_connections: 16,
+        }
+    }
+}
+
+pub struct PgStore {
+    pool: PgPool,
+    writer: Writer,
+}
+
+struct PgRunner {
+    pool: PgPool,
+    chain_key: ChainKey,
+}
+
+/// Attempts per batch before giving up on conflicts.
+const MAX_ATTEMPTS: usize = 50;
+
+impl PgStore {
+    pub async fn open(
+        url: &str,
+        chain_key: ChainKey,
+        options: Options,
+    ) -> Result<Self, StoreError> {
+        let pool = Self::connect(url, options.max_connections).await?;
+        migrator(Dialect::Postgres).run(&pool).await?;
+        let runner = Arc::new(PgRunner {
+            pool: pool.clone(),
+            chain_key,
+        });
+        Ok(Self {
+            pool,
+            writer: Writer::spawn(runner, options.writers),
+        })
+    }
+
+    async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+        let opts = PgConnectOptions::from_str(url)?;
+        Ok(PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts)
+            .await?)
+    }
+
+    pub async fn migrate(url: &str) -> Result<(), StoreError> {
+        let pool = Self::connect(url, 2).await?;
+        migrator(Dialect::Postgres).run(&pool).await?;
+        pool.close().await;
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// Conflicts another transaction caused: retry the batch.
+fn retryable(e: &BatchError) -> bool {
+    match e {
+        BatchError::Db(sqlx::Error::Database(db)) => matches!(
+            db.code().as_deref(),
+            Some("23505") | Some("40P01") | Some("40001")
+        ),
+        _ => false,
+    }
+}
+
+#[async_trait]
+impl BatchRunner for PgRunner {
+    async fn run(&self, subs: &[Submission]) -> Result<Vec<JobResult>, StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let tx = self.pool.begin().await?;
+            let mut unit = PgUnit { tx };
+            let env = BatchEnv {
+                chain_key: &self.chain_key,
+                now: now(),
+            };
+            match run_batch(&mut unit, subs, &env).await {
+                Ok(results) => match unit.tx.commit().await {
+                    Ok(()) => return Ok(results),
+                    Err(e) => {
+                        let e = BatchError::Db(e);
+                        if attempt < MAX_ATTEMPTS && retryable(&e) {
+                            continue;
+                        }
+                        return Err(batch_error(e));
+                    }
+                },
+                Err(e) => {
+                    let _ = unit.tx.rollback().await;
+                    if attempt < MAX_ATTEMPTS && retryable(&e) {
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    return Err(batch_error(e));
+                }
+            }
+        }
+    }
+}
+
+struct PgUnit {
+    tx: Transaction<'static, Postgres>,
+}
+
+fn event_from_row(row: &PgRow) -> Result<StoredEvent, sqlx::Error> {
+    Ok(StoredEvent {
+        seq: row.try_get("seq")?,
+        stream: row.try_get("stream")?,
+        stream_version: row.try_get("stream_version")?,
+        kind: row.try_get("kind")?,
+        source: row.try_get("source")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        occurred_at: row.try_get("occurred_at")?,
+        recorded_at: row.try_get("recorded_at")?,
+        payload: row.try_get("payload")?,
+        raw_payload: row.try_get("raw_payload")?,
+        fingerprint: row.try_get("fingerprint")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+fn decode_err(what: &str, raw: &str) -> sqlx::Error {
+    sqlx::Error::Decode(format!("unknown {what} {raw:?}").into())
+}
+
+fn trip_from_row(row: &PgRow) -> Result<TripState, sqlx::Error> {
+    let currency: String = row.try_get("currency")?;
+    Ok(TripState {
+        trip_id: row.try_get("trip_id")?,
+        driver_id: row.try_get("driver_id")?,
+        org_id: row.try_get("org_id")?,
+        title: row.try_get("title")?,
+        seats: row.try_get::<i32, _>("seats")? as u32,
+        price_per_seat_cents: row.try_get("price_per_seat_cents")?,
+        currency: Currency::parse(&currency).map_err(|_| decode_err("currency", &currency))?,
+        departure_time: row.try_get("departure_time")?,
+        cancelled: row.try_get("cancelled")?,
+        seats_accepted: row.try_get::<i32, _>("seats_accepted")? as u32,
+        version: row.try_get("version")?,
+        last_event_seq: row.try_get("last_event_seq")?,
+    })
+}
+
+fn booking_from_row(row: &PgRow) -> Result<BookingView, sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    let payment_status: String = row.try_get("payment_status")?;
+    let currency: Option<String> = row.try_get("currency")?;
+    Ok(BookingView {
+        booking_id: row.try_get("booking_id")?,
+        trip_id: row.try_get("trip_id")?,
+        user_id: row.try_get("user_id")?,
+        org_id: row.try_get("org_id")?,
+        passengers: row.try_get::<i32, _>("passengers")? as u32,
+        status: BookingStatus::parse(&status).ok_or_else(|| decode_err("status", &status))?,
+        payment_status: PaymentStatus::parse(&payment_status)
+            .ok_or_else(|| decode_err("payment status", &payment_status))?,
+        payment_intent_id: row.try_get("payment_intent_id")?,
+        amount_cents: row.try_get("amount_cents")?,
+        currency: match currency {
+            Some(c) => Some(Currency::parse(&c).map_err(|_| decode_err("currency", &c))?),
+            None => None,
+        },
+        amount_refunded_cents: row.try_get("amount_refunded_cents")?,
+        attempts: row.try_get::<i32, _>("attempts")? as u32,
+        version: row.try_get("version")?,
+        last_event_seq: row.try_get("last_event_seq")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn outcome_from_row(row: &PgRow) -> Result<Option<EventOutcome>, sqlx::Error> {
+    let outcome: Option<String> = row.try_get("outcome")?;
+    let Some(outcome) = outcome else {
+        return Ok(None);
+    };
+    Ok(Some(EventOutcome {
+        seq: row.try_get("seq")?,
+        outcome: OutcomeKind::parse(&outcome).ok_or_else(|| decode_err("outcome", &outcome))?,
+        reason: row.try_get("reason")?,
+    }))
+}
+
+const UPSERT_OUTCOMES: &str = "INSERT INTO event_outcomes (seq, booking_id, outcome, reason) \
+    SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[]) \
+    ON CONFLICT (seq) DO UPDATE SET booking_id = excluded.booking_id, \
+    outcome = excluded.outcome, reason = excluded.reason";
+
+async fn upsert_outcomes(
+    tx: &mut Transaction<'static, Postgres>,
+    booking: Option<&str>,
+    outcomes: &[EventOutcome],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(UPSERT_OUTCOMES)
+        .bind(outcomes.iter().map(|o| o.seq).collect::<Vec<_>>())
+        .bind(
+            outcomes
+                .iter()
+                .map(|_| booking.map(str::to_string))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            outcomes
+                .iter()
+                .map(|o| o.outcome.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            outcomes
+                .iter()
+                .map(|o| o.reason.clone())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn booking_history_sql() -> String {
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE stream = $1 \
+         UNION ALL \
+         SELECT {EVENT_COLUMNS} FROM events WHERE stream IN \
+            (SELECT 'payment:' || payment_intent_id FROM payment_bindings WHERE booking_id = $2) \
+         ORDER BY seq"
+    )
+}
+
+#[async_trait]
+impl UnitTx for PgUnit {
+    async fn lock(&mut self, keys: &[String]) -> Result<(), sqlx::Error> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        // Keys arrive sorted; the ordered subquery takes them in that order,
+        // so two transactions never wait on each other in a cycle.
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) \
+             FROM (SELECT k FROM UNNEST($1::text[]) AS k ORDER BY k) AS ordered",
+        )
+        .bind(keys)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn existing_keys(
+        &mut self,
+        keys: &[String],
+    ) -> Result<HashMap<String, ExistingKey>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT idempotency_key, seq, stream, stream_version, fingerprint FROM events \
+             WHERE idempotency_key = ANY($1)",
+        )
+        .bind(keys)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("idempotency_key")?,
+                    ExistingKey {
+                        seq: r.try_get("seq")?,
+                        stream: r.try_get("stream")?,
+                        stream_version: r.try_get("stream_version")?,
+                        fingerprint: r.try_get("fingerprint")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    async fn bindings(&mut self, pis: &[String]) -> Result<HashMap<String, String>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT payment_intent_id, booking_id FROM payment_bindings \
+             WHERE payment_intent_id = ANY($1)",
+        )
+        .bind(pis)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("payment_intent_id")?, r.try_get("booking_id")?)))
+            .collect()
+    }
+
+    async fn trips(&mut self, ids: &[String]) -> Result<HashMap<String, TripState>, sqlx::Error> {
+        let rows = sqlx::query("SELECT * FROM trips WHERE trip_id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        rows.iter()
+            .map(|r| trip_from_row(r).map(|t| (t.trip_id.clone(), t)))
+            .collect()
+    }
+
+    async fn stream_heads(
+        &mut self,
+        streams: &[String],
+    ) -> Result<HashMap<String, (i64, String)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT ON (stream) stream, stream_version, hash FROM events \
+             WHERE stream = ANY($1) ORDER BY stream, stream_version DESC",
+        )
+        .bind(streams)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("stream")?,
+                    (r.try_get("stream_version")?, r.try_get("hash")?),
+                ))
+            })
+            .collect()
+    }
+
+    async fn insert_events(
+        &mut self,
+        rows: &[NewRow],
+    ) -> Result<HashMap<String, i64>, sqlx::Error> {
+        // One multi-row (UNNEST) statement per batch.
+        let inserted = sqlx::query(
+            "INSERT INTO events (stream, stream_version, kind, source, idempotency_key, \
+                occurred_at, recorded_at, payload, raw_payload, fingerprint, prev_hash, hash) \
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+                $6::timestamptz[], $7::timestamptz[], $8::text[], $9::bytea[], $10::text[], \
+                $11::text[], $12::text[]) \
+             RETURNING seq, idempotency_key",
+        )
+        .bind(rows.iter().map(|r| r.stream.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.stream_version).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.kind).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.source).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.idempotency_key.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.occurred_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.recorded_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.payload.clone()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.raw_payload.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.fingerprint.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.prev_hash.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.hash.clone()).collect::<Vec<_>>())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        inserted
+            .iter()
+            .map(|r| Ok((r.try_get("idempotency_key")?, r.try_get("seq")?)))
+            .collect()
+    }
+
+    async fn insert_bindings(&mut self, rows: &[(String, String, i64)]) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO payment_bindings (payment_intent_id, booking_id, seq) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[])",
+        )
+        .bind(rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn booking_history(&mut self, booking_id: &str) -> Result<Vec<StoredEvent>, sqlx::Error> {
+        let rows = sqlx::query(&booking_history_sql())
+            .bind(crate::domain::events::stream::booking(booking_id))
+            .bind(booking_id)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn trip_history(&mut self, trip_id: &str) -> Result<Vec<StoredEvent>, sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream = $1 ORDER BY stream_version"
+        ))
+        .bind(crate::domain::events::stream::trip(trip_id))
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn save_booking(
+        &mut self,
+        b: &BookingState,
+        outcomes: &[EventOutcome],
+    ) -> Result<(), sqlx::Error> {
+        let v = BookingView::from(b);
+        sqlx::query(
+            "INSERT INTO trip_participants (booking_id, trip_id, user_id, org_id, passengers, \
+                status, payment_status, payment_intent_id, amount_cents, currency, \
+                amount_refunded_cents, attempts, version, last_event_seq, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             ON CONFLICT (booking_id) DO UPDATE SET status = excluded.status, \
+                payment_status = excluded.payment_status, \
+                payment_intent_id = excluded.payment_intent_id, \
+                amount_cents = excluded.amount_cents, currency = excluded.currency, \
+                amount_refunded_cents = excluded.amount_refunded_cents, \
+                attempts = excluded.attempts, version = excluded.version, \
+                last_event_seq = excluded.last_event_seq, updated_at = excluded.updated_at",
+        )
+        .bind(&v.booking_id)
+        .bind(&v.trip_id)
+        .bind(&v.user_id)
+        .bind(&v.org_id)
+        .bind(v.passengers as i32)
+        .bind(v.status.as_str())
+        .bind(v.payment_status.as_str())
+        .bind(&v.payment_intent_id)
+        .bind(v.amount_cents)
+        .bind(v.currency.as_ref().map(Currency::as_str))
+        .bind(v.amount_refunded_cents)
+        .bind(v.attempts as i32)
+        .bind(v.version)
+        .bind(v.last_event_seq)
+        .bind(v.updated_at)
+        .execute(&mut *self.tx)
+        .await?;
+        upsert_outcomes(&mut self.tx, Some(&b.booking_id), outcomes).await
+    }
+
+    async fn save_loose_outcomes(&mut self, outcomes: &[LooseOutcome]) -> Result<(), sqlx::Error> {
+        let list: Vec<EventOutcome> = outcomes.iter().map(|(_, _, o)| o.clone()).collect();
+        upsert_outcomes(&mut self.tx, None, &list).await
+    }
+
+    async fn save_outbox(&mut self, rows: &[OutboxRow]) -> Result<(), sqlx::Error> {
+        let now = now();
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO outbox (message_key, kind, booking_id, payload, created_seq, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (message_key) DO NOTHING",
+            )
+            .bind(&r.message_key)
+            .bind(r.kind)
+            .bind(&r.booking_id)
+            .bind(&r.payload)
+            .bind(r.created_seq)
+            .bind(now)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn save_trip(&mut self, t: &TripState) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO trips (trip_id, driver_id, org_id, title, seats, price_per_seat_cents, \
+                currency, departure_time, cancelled, seats_accepted, version, last_event_seq) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+                (SELECT COALESCE(SUM(passengers), 0)::int FROM trip_participants \
+                 WHERE trip_id = $1 AND status = 'accepted'), $10, $11) \
+             ON CONFLICT (trip_id) DO UPDATE SET cancelled = excluded.cancelled, \
+                seats_accepted = excluded.seats_accepted, version = excluded.version, \
+                last_event_seq = excluded.last_event_seq",
+        )
+        .bind(&t.trip_id)
+        .bind(&t.driver_id)
+        .bind(&t.org_id)
+        .bind(&t.title)
+        .bind(t.seats as i32)
+        .bind(t.price_per_seat_cents)
+        .bind(t.currency.as_str())
+        .bind(t.departure_time)
+        .bind(t.cancelled)
+        .bind(t.version)
+        .bind(t.last_event_seq)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+}
+
+const PAGE: i64 = 1000;
+
+#[async_trait]
+impl EventStore for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn submit(&self, submission: Submission) -> Result<Submitted, SubmitError> {
+        self.writer.submit(submission).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn head_seq(&self) -> Result<i64, StoreError> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    async fn read_stream(&self, stream: &str) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream = $1 ORDER BY stream_version"
+        ))
+        .bind(stream)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(event_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn read_after(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"
+        ))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(event_from_row).collect::<Result<_, _>>()?)
+    }
+
+    fn stream_all(&self, after: i64) -> BoxStream<'_, Result<StoredEvent, StoreError>> {
+        super::paged_stream(self, after, PAGE)
+    }
+
+    async fn booking_history(&self, booking_id: &str) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(&booking_history_sql())
+            .bind(crate::domain::events::stream::booking(booking_id))
+            .bind(booking_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(event_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn booking(&self, booking_id: &str) -> Result<Option<BookingView>, StoreError> {
+        let row = sqlx::query("SELECT * FROM trip_participants WHERE booking_id = $1")
+            .bind(booking_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(booking_from_row).transpose()?)
+    }
+
+    async fn trip(&self, trip_id: &str) -> Result<Option<TripState>, StoreError> {
+        let row = sqlx::query("SELECT * FROM trips WHERE trip_id = $1")
+            .bind(trip_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(trip_from_row).transpose()?)
+    }
+
+    async fn timeline(&self, booking_id: &str) -> Result<Vec<TimelineEntry>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT h.seq, h.kind, h.source, h.stream, h.occurred_at, h.recorded_at, \
+                o.outcome, o.reason \
+             FROM ({}) h LEFT JOIN event_outcomes o ON o.seq = h.seq ORDER BY h.seq",
+            booking_history_sql()
+        ))
+        .bind(crate::domain::events::stream::booking(booking_id))
+        .bind(booking_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push(TimelineEntry {
+                seq: r.try_get("seq")?,
+                kind: r.try_get("kind")?,
+                source: r.try_get("source")?,
+                stream: r.try_get("stream")?,
+                occurred_at: r.try_get("occurred_at")?,
+                recorded_at: r.try_get("recorded_at")?,
+                outcome: outcome_from_row(r)?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn outcome(&self, seq: i64) -> Result<Option<EventOutcome>, StoreError> {
+        let row = sqlx::query("SELECT seq, outcome, reason FROM event_outcomes WHERE seq = $1")
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => outcome_from_row(&r)?,
+            None => None,
+        })
+    }
+
+    async fn booking_ids(&self, after: &str, limit: i64) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT booking_id FROM trip_participants WHERE booking_id > $1 \
+             ORDER BY booking_id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn trip_ids(&self, after: &str, limit: i64) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT trip_id FROM trips WHERE trip_id > $1 ORDER BY trip_id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn outbox_keys(&self, booking_id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT message_key FROM outbox WHERE booking_id = $1 ORDER BY message_key",
+        )
+        .bind(booking_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

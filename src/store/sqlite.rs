@@ -1,0 +1,646 @@
+//! SQLite: the embedded default. WAL, `synchronous=FULL`, one writer task
+//! owning one connection (group commit through [`Writer`]), readers on a
+//! separate pool that never wait for the writer.
+
+use super::chain::ChainKey;
+use super::migrations::{migrator, Dialect};
+use super::unit::{
+    run_batch, BatchEnv, BatchError, ExistingKey, JobResult, LooseOutcome, NewRow, OutboxRow,
+    UnitTx,
+};
+use super::writer::{BatchRunner, Writer};
+use super::{
+    now, EventStore, StoreError, StoredEvent, Submission, SubmitError, Submitted, TimelineEntry,
+};
+use crate::domain::fold::OutcomeKind;
+use crate::domain::{
+    BookingState, BookingStatus, Currency, EventOutcome, PaymentStatus, TripState,
+};
+use crate::projection::BookingView;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Connection, Row, Sqlite, Transaction};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+const EVENT_COLUMNS: &str = "seq, stream, stream_version, kind, source, idempotency_key, \
+    occurred_at, recorded_at, payload, raw_payload, fingerprint, prev_hash, hash";
+
+pub struct SqliteStore {
+    /// Readers: several connections; WAL lets them read while the writer writes.
+    pool: SqlitePool,
+    /// The single writer's queue.
+    writer: Writer,
+}
+
+/// The writer's side: its one connection and the chain key.
+struct SqliteRunner {
+    conn: Mutex<SqliteConnection>,
+    chain_key: ChainKey,
+}
+
+fn options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
+    Ok(SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL: a commit is on disk before it returns (invariant 1).
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true))
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) and migrates the database.
+    pub async fn open(url: &str, chain_key: ChainKey) -> Result<Self, StoreError> {
+        let opts = options(url)?;
+        let mut conn = SqliteConnection::connect_with(&opts).await?;
+        migrator(Dialect::Sqlite).run(&mut conn).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        let runner = Arc::new(SqliteRunner {
+            conn: Mutex::new(conn),
+            chain_key,
+        });
+        Ok(Self {
+            pool,
+            writer: Writer::spawn(runner, 1),
+        })
+    }
+
+    /// Applies pending migrations and returns.
+    pub async fn migrate(url: &str) -> Result<(), StoreError> {
+        let mut conn = SqliteConnection::connect_with(&options(url)?).await?;
+        migrator(Dialect::Sqlite).run(&mut conn).await?;
+        conn.close().await?;
+        Ok(())
+    }
+
+    /// The reader pool, for tests that inspect or tamper with rows.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+#[async_trait]
+impl BatchRunner for SqliteRunner {
+    async fn run(&self, subs: &[Submission]) -> Result<Vec<JobResult>, StoreError> {
+        let mut conn = self.conn.lock().await;
+        // IMMEDIATE: take the write lock up front, so another process writing
+        // the same file makes us wait (busy_timeout) instead of failing late.
+        let tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let mut unit = SqliteUnit { tx };
+        let env = BatchEnv {
+            chain_key: &self.chain_key,
+            now: now(),
+        };
+        match run_batch(&mut unit, subs, &env).await {
+            Ok(results) => {
+                unit.tx.commit().await?;
+                Ok(results)
+            }
+            Err(e) => {
+                let _ = unit.tx.rollback().await;
+                Err(batch_error(e))
+            }
+        }
+    }
+}
+
+pub(crate) fn batch_error(e: BatchError) -> StoreError {
+    match e {
+        BatchError::Db(e) => StoreError::from(e),
+        BatchError::Corrupt(m) => StoreError::Corrupt(m),
+    }
+}
+
+struct SqliteUnit<'c> {
+    tx: Transaction<'c, Sqlite>,
+}
+
+fn json_list(items: &[String]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
+}
+
+fn parse_time(raw: &str) -> Result<DateTime<Utc>, sqlx::Error> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| sqlx::Error::Decode(format!("bad time {raw:?}: {e}").into()))
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<StoredEvent, sqlx::Error> {
+    Ok(StoredEvent {
+        seq: row.try_get("seq")?,
+        stream: row.try_get("stream")?,
+        stream_version: row.try_get("stream_version")?,
+        kind: row.try_get("kind")?,
+        source: row.try_get("source")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        occurred_at: parse_time(&row.try_get::<String, _>("occurred_at")?)?,
+        recorded_at: parse_time(&row.try_get::<String, _>("recorded_at")?)?,
+        payload: row.try_get("payload")?,
+        raw_payload: row.try_get("raw_payload")?,
+        fingerprint: row.try_get("fingerprint")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+fn decode_err(what: &str, raw: &str) -> sqlx::Error {
+    sqlx::Error::Decode(format!("unknown {what} {raw:?}").into())
+}
+
+fn trip_from_row(row: &SqliteRow) -> Result<TripState, sqlx::Error> {
+    let currency: String = row.try_get("currency")?;
+    Ok(TripState {
+        trip_id: row.try_get("trip_id")?,
+        driver_id: row.try_get("driver_id")?,
+        org_id: row.try_get("org_id")?,
+        title: row.try_get("title")?,
+        seats: row.try_get::<i64, _>("seats")? as u32,
+        price_per_seat_cents: row.try_get("price_per_seat_cents")?,
+        currency: Currency::parse(&currency).map_err(|_| decode_err("currency", &currency))?,
+        departure_time: parse_time(&row.try_get::<String, _>("departure_time")?)?,
+        cancelled: row.try_get::<bool, _>("cancelled")?,
+        seats_accepted: row.try_get::<i64, _>("seats_accepted")? as u32,
+        version: row.try_get("version")?,
+        last_event_seq: row.try_get("last_event_seq")?,
+    })
+}
+
+fn booking_from_row(row: &SqliteRow) -> Result<BookingView, sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    let payment_status: String = row.try_get("payment_status")?;
+    let currency: Option<String> = row.try_get("currency")?;
+    Ok(BookingView {
+        booking_id: row.try_get("booking_id")?,
+        trip_id: row.try_get("trip_id")?,
+        user_id: row.try_get("user_id")?,
+        org_id: row.try_get("org_id")?,
+        passengers: row.try_get::<i64, _>("passengers")? as u32,
+        status: BookingStatus::parse(&status).ok_or_else(|| decode_err("status", &status))?,
+        payment_status: PaymentStatus::parse(&payment_status)
+            .ok_or_else(|| decode_err("payment status", &payment_status))?,
+        payment_intent_id: row.try_get("payment_intent_id")?,
+        amount_cents: row.try_get("amount_cents")?,
+        currency: match currency {
+            Some(c) => Some(Currency::parse(&c).map_err(|_| decode_err("currency", &c))?),
+            None => None,
+        },
+        amount_refunded_cents: row.try_get("amount_refunded_cents")?,
+        attempts: row.try_get::<i64, _>("attempts")? as u32,
+        version: row.try_get("version")?,
+        last_event_seq: row.try_get("last_event_seq")?,
+        updated_at: parse_time(&row.try_get::<String, _>("updated_at")?)?,
+    })
+}
+
+fn outcome_from_row(row: &SqliteRow) -> Result<Option<EventOutcome>, sqlx::Error> {
+    let outcome: Option<String> = row.try_get("outcome")?;
+    let Some(outcome) = outcome else {
+        return Ok(None);
+    };
+    Ok(Some(EventOutcome {
+        seq: row.try_get("seq")?,
+        outcome: OutcomeKind::parse(&outcome).ok_or_else(|| decode_err("outcome", &outcome))?,
+        reason: row.try_get("reason")?,
+    }))
+}
+
+fn outcomes_json(booking: Option<&str>, outcomes: &[EventOutcome]) -> String {
+    let list: Vec<serde_json::Value> = outcomes
+        .iter()
+        .map(|o| {
+            serde_json::json!({
+                "seq": o.seq,
+                "booking": booking,
+                "outcome": o.outcome.as_str(),
+                "reason": o.reason,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(list).to_string()
+}
+
+const UPSERT_OUTCOMES: &str = "INSERT INTO event_outcomes (seq, booking_id, outcome, reason) \
+    SELECT j.value->>'seq', j.value->>'booking', j.value->>'outcome', j.value->>'reason' \
+    FROM json_each($1) AS j WHERE true \
+    ON CONFLICT (seq) DO UPDATE SET booking_id = excluded.booking_id, \
+    outcome = excluded.outcome, reason = excluded.reason";
+
+#[async_trait]
+impl UnitTx for SqliteUnit<'_> {
+    async fn lock(&mut self, _keys: &[String]) -> Result<(), sqlx::Error> {
+        // The single writer holds the database's write lock already.
+        Ok(())
+    }
+
+    async fn existing_keys(
+        &mut self,
+        keys: &[String],
+    ) -> Result<HashMap<String, ExistingKey>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT idempotency_key, seq, stream, stream_version, fingerprint FROM events \
+             WHERE idempotency_key IN (SELECT value FROM json_each($1))",
+        )
+        .bind(json_list(keys))
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("idempotency_key")?,
+                    ExistingKey {
+                        seq: r.try_get("seq")?,
+                        stream: r.try_get("stream")?,
+                        stream_version: r.try_get("stream_version")?,
+                        fingerprint: r.try_get("fingerprint")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    async fn bindings(&mut self, pis: &[String]) -> Result<HashMap<String, String>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT payment_intent_id, booking_id FROM payment_bindings \
+             WHERE payment_intent_id IN (SELECT value FROM json_each($1))",
+        )
+        .bind(json_list(pis))
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("payment_intent_id")?, r.try_get("booking_id")?)))
+            .collect()
+    }
+
+    async fn trips(&mut self, ids: &[String]) -> Result<HashMap<String, TripState>, sqlx::Error> {
+        let rows =
+            sqlx::query("SELECT * FROM trips WHERE trip_id IN (SELECT value FROM json_each($1))")
+                .bind(json_list(ids))
+                .fetch_all(&mut *self.tx)
+                .await?;
+        rows.iter()
+            .map(|r| trip_from_row(r).map(|t| (t.trip_id.clone(), t)))
+            .collect()
+    }
+
+    async fn stream_heads(
+        &mut self,
+        streams: &[String],
+    ) -> Result<HashMap<String, (i64, String)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT e.stream, e.stream_version, e.hash FROM events e \
+             JOIN (SELECT stream, MAX(stream_version) AS v FROM events \
+                   WHERE stream IN (SELECT value FROM json_each($1)) GROUP BY stream) h \
+             ON e.stream = h.stream AND e.stream_version = h.v",
+        )
+        .bind(json_list(streams))
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("stream")?,
+                    (r.try_get("stream_version")?, r.try_get("hash")?),
+                ))
+            })
+            .collect()
+    }
+
+    async fn insert_events(
+        &mut self,
+        rows: &[NewRow],
+    ) -> Result<HashMap<String, i64>, sqlx::Error> {
+        // One multi-row statement per batch: sqlx pays ≈ 50 µs per statement
+        // on SQLite, so per-row statements would cap throughput.
+        let list: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "stream": r.stream,
+                    "v": r.stream_version,
+                    "kind": r.kind,
+                    "source": r.source,
+                    "key": r.idempotency_key,
+                    "occurred": super::format_time(&r.occurred_at),
+                    "recorded": super::format_time(&r.recorded_at),
+                    "payload": r.payload,
+                    "raw": r.raw_payload.as_ref().map(hex::encode),
+                    "fp": r.fingerprint,
+                    "prev": r.prev_hash,
+                    "hash": r.hash,
+                })
+            })
+            .collect();
+        let inserted = sqlx::query(
+            "INSERT INTO events (stream, stream_version, kind, source, idempotency_key, \
+                occurred_at, recorded_at, payload, raw_payload, fingerprint, prev_hash, hash) \
+             SELECT j.value->>'stream', j.value->>'v', j.value->>'kind', j.value->>'source', \
+                j.value->>'key', j.value->>'occurred', j.value->>'recorded', j.value->>'payload', \
+                unhex(j.value->>'raw'), j.value->>'fp', j.value->>'prev', j.value->>'hash' \
+             FROM json_each($1) AS j ORDER BY j.key \
+             RETURNING seq, idempotency_key",
+        )
+        .bind(serde_json::Value::Array(list).to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        inserted
+            .iter()
+            .map(|r| Ok((r.try_get("idempotency_key")?, r.try_get("seq")?)))
+            .collect()
+    }
+
+    async fn insert_bindings(&mut self, rows: &[(String, String, i64)]) -> Result<(), sqlx::Error> {
+        let list: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(pi, b, seq)| serde_json::json!({"pi": pi, "b": b, "seq": seq}))
+            .collect();
+        sqlx::query(
+            "INSERT INTO payment_bindings (payment_intent_id, booking_id, seq) \
+             SELECT j.value->>'pi', j.value->>'b', j.value->>'seq' FROM json_each($1) AS j",
+        )
+        .bind(serde_json::Value::Array(list).to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn booking_history(&mut self, booking_id: &str) -> Result<Vec<StoredEvent>, sqlx::Error> {
+        let rows = sqlx::query(&booking_history_sql())
+            .bind(crate::domain::events::stream::booking(booking_id))
+            .bind(booking_id)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn trip_history(&mut self, trip_id: &str) -> Result<Vec<StoredEvent>, sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream = $1 ORDER BY stream_version"
+        ))
+        .bind(crate::domain::events::stream::trip(trip_id))
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn save_booking(
+        &mut self,
+        b: &BookingState,
+        outcomes: &[EventOutcome],
+    ) -> Result<(), sqlx::Error> {
+        let v = BookingView::from(b);
+        sqlx::query(
+            "INSERT INTO trip_participants (booking_id, trip_id, user_id, org_id, passengers, \
+                status, payment_status, payment_intent_id, amount_cents, currency, \
+                amount_refunded_cents, attempts, version, last_event_seq, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             ON CONFLICT (booking_id) DO UPDATE SET status = excluded.status, \
+                payment_status = excluded.payment_status, \
+                payment_intent_id = excluded.payment_intent_id, \
+                amount_cents = excluded.amount_cents, currency = excluded.currency, \
+                amount_refunded_cents = excluded.amount_refunded_cents, \
+                attempts = excluded.attempts, version = excluded.version, \
+                last_event_seq = excluded.last_event_seq, updated_at = excluded.updated_at",
+        )
+        .bind(&v.booking_id)
+        .bind(&v.trip_id)
+        .bind(&v.user_id)
+        .bind(&v.org_id)
+        .bind(i64::from(v.passengers))
+        .bind(v.status.as_str())
+        .bind(v.payment_status.as_str())
+        .bind(&v.payment_intent_id)
+        .bind(v.amount_cents)
+        .bind(v.currency.as_ref().map(Currency::as_str))
+        .bind(v.amount_refunded_cents)
+        .bind(i64::from(v.attempts))
+        .bind(v.version)
+        .bind(v.last_event_seq)
+        .bind(super::format_time(&v.updated_at))
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query(UPSERT_OUTCOMES)
+            .bind(outcomes_json(Some(&b.booking_id), outcomes))
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn save_loose_outcomes(&mut self, outcomes: &[LooseOutcome]) -> Result<(), sqlx::Error> {
+        let list: Vec<EventOutcome> = outcomes.iter().map(|(_, _, o)| o.clone()).collect();
+        sqlx::query(UPSERT_OUTCOMES)
+            .bind(outcomes_json(None, &list))
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn save_outbox(&mut self, rows: &[OutboxRow]) -> Result<(), sqlx::Error> {
+        let now = super::format_time(&now());
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO outbox (message_key, kind, booking_id, payload, created_seq, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (message_key) DO NOTHING",
+            )
+            .bind(&r.message_key)
+            .bind(r.kind)
+            .bind(&r.booking_id)
+            .bind(&r.payload)
+            .bind(r.created_seq)
+            .bind(&now)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn save_trip(&mut self, t: &TripState) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO trips (trip_id, driver_id, org_id, title, seats, price_per_seat_cents, \
+                currency, departure_time, cancelled, seats_accepted, version, last_event_seq) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+                (SELECT COALESCE(SUM(passengers), 0) FROM trip_participants \
+                 WHERE trip_id = $1 AND status = 'accepted'), $10, $11) \
+             ON CONFLICT (trip_id) DO UPDATE SET cancelled = excluded.cancelled, \
+                seats_accepted = excluded.seats_accepted, version = excluded.version, \
+                last_event_seq = excluded.last_event_seq",
+        )
+        .bind(&t.trip_id)
+        .bind(&t.driver_id)
+        .bind(&t.org_id)
+        .bind(&t.title)
+        .bind(i64::from(t.seats))
+        .bind(t.price_per_seat_cents)
+        .bind(t.currency.as_str())
+        .bind(super::format_time(&t.departure_time))
+        .bind(t.cancelled)
+        .bind(t.version)
+        .bind(t.last_event_seq)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+}
+
+fn booking_history_sql() -> String {
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE stream = $1 \
+         UNION ALL \
+         SELECT {EVENT_COLUMNS} FROM events WHERE stream IN \
+            (SELECT 'payment:' || payment_intent_id FROM payment_bindings WHERE booking_id = $2) \
+         ORDER BY seq"
+    )
+}
+
+const PAGE: i64 = 500;
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn submit(&self, submission: Submission) -> Result<Submitted, SubmitError> {
+        self.writer.submit(submission).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn head_seq(&self) -> Result<i64, StoreError> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    async fn read_stream(&self, stream: &str) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream = $1 ORDER BY stream_version"
+        ))
+        .bind(stream)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(event_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn read_after(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"
+        ))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(event_from_row).collect::<Result<_, _>>()?)
+    }
+
+    fn stream_all(&self, after: i64) -> BoxStream<'_, Result<StoredEvent, StoreError>> {
+        super::paged_stream(self, after, PAGE)
+    }
+
+    async fn booking_history(&self, booking_id: &str) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(&booking_history_sql())
+            .bind(crate::domain::events::stream::booking(booking_id))
+            .bind(booking_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(event_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn booking(&self, booking_id: &str) -> Result<Option<BookingView>, StoreError> {
+        let row = sqlx::query("SELECT * FROM trip_participants WHERE booking_id = $1")
+            .bind(booking_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(booking_from_row).transpose()?)
+    }
+
+    async fn trip(&self, trip_id: &str) -> Result<Option<TripState>, StoreError> {
+        let row = sqlx::query("SELECT * FROM trips WHERE trip_id = $1")
+            .bind(trip_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(trip_from_row).transpose()?)
+    }
+
+    async fn timeline(&self, booking_id: &str) -> Result<Vec<TimelineEntry>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT h.seq, h.kind, h.source, h.stream, h.occurred_at, h.recorded_at, \
+                o.outcome, o.reason \
+             FROM ({}) h LEFT JOIN event_outcomes o ON o.seq = h.seq ORDER BY h.seq",
+            booking_history_sql()
+        ))
+        .bind(crate::domain::events::stream::booking(booking_id))
+        .bind(booking_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push(TimelineEntry {
+                seq: r.try_get("seq")?,
+                kind: r.try_get("kind")?,
+                source: r.try_get("source")?,
+                stream: r.try_get("stream")?,
+                occurred_at: parse_time(&r.try_get::<String, _>("occurred_at")?)?,
+                recorded_at: parse_time(&r.try_get::<String, _>("recorded_at")?)?,
+                outcome: outcome_from_row(r)?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn outcome(&self, seq: i64) -> Result<Option<EventOutcome>, StoreError> {
+        let row = sqlx::query("SELECT seq, outcome, reason FROM event_outcomes WHERE seq = $1")
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => outcome_from_row(&r)?,
+            None => None,
+        })
+    }
+
+    async fn booking_ids(&self, after: &str, limit: i64) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT booking_id FROM trip_participants WHERE booking_id > $1 \
+             ORDER BY booking_id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn trip_ids(&self, after: &str, limit: i64) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT trip_id FROM trips WHERE trip_id > $1 ORDER BY trip_id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn outbox_keys(&self, booking_id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT message_key FROM outbox WHERE booking_id = $1 ORDER BY message_key",
+        )
+        .bind(booking_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

@@ -1,0 +1,273 @@
+//! Lenient parsing of a Stripe event body into a [`StripeFact`].
+//!
+//! Stripe adds fields and types over time and old API versions omit some
+//! (2012 bodies have no `object`, no `api_version`, charges without a
+//! payment intent). Only `id` and `type` are required; everything else is
+//! read if present. The payment signal comes from the event **type** and the
+//! fields that type defines, never from `data.object.status` (except for
+//! refunds and closed disputes, whose status *is* the field that type defines).
+
+use crate::domain::money::Currency;
+use crate::domain::payment::{FactMetadata, PaymentSignal, RefundState, StripeFact};
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("body is not JSON")]
+    NotJson,
+    #[error("event has no string `{0}`")]
+    Missing(&'static str),
+}
+
+/// Parses one event. `expected_livemode` is the engine's `STRIPE_LIVEMODE`,
+/// recorded in the fact so the fold can judge it.
+pub fn parse_event(body: &[u8], expected_livemode: bool) -> Result<StripeFact, ParseError> {
+    let root: Value = serde_json::from_slice(body).map_err(|_| ParseError::NotJson)?;
+    let event_id = str_field(&root, "id").ok_or(ParseError::Missing("id"))?;
+    let event_type = str_field(&root, "type").ok_or(ParseError::Missing("type"))?;
+    if event_id.is_empty() || event_type.is_empty() {
+        return Err(ParseError::Missing(if event_id.is_empty() {
+            "id"
+        } else {
+            "type"
+        }));
+    }
+    let object = root.pointer("/data/object").cloned().unwrap_or(Value::Null);
+    let object_kind = object_kind(&event_type);
+
+    let object_id = str_field(&object, "id");
+    let payment_intent_id = match object_kind {
+        ObjectKind::PaymentIntent => object_id.clone(),
+        _ => id_or_expanded(object.get("payment_intent")),
+    };
+    // The amount that must equal the binding: only an intent's or a charge's.
+    let amount_cents = match object_kind {
+        ObjectKind::PaymentIntent | ObjectKind::Charge => int_field(&object, "amount"),
+        _ => None,
+    };
+    let metadata = match object_kind {
+        ObjectKind::PaymentIntent | ObjectKind::Charge => FactMetadata {
+            booking_id: meta(&object, "bookingId"),
+            trip_id: meta(&object, "tripId"),
+            user_id: meta(&object, "userId"),
+        },
+        _ => FactMetadata::default(),
+    };
+
+    Ok(StripeFact {
+        signal: signal(&event_type, &object),
+        event_id,
+        event_type,
+        created: root.get("created").and_then(Value::as_i64).unwrap_or(0),
+        livemode: root
+            .get("livemode")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        expected_livemode,
+        object_id,
+        payment_intent_id,
+        amount_cents,
+        currency: str_field(&object, "currency").and_then(|c| Currency::parse(&c).ok()),
+        metadata,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ObjectKind {
+    PaymentIntent,
+    Charge,
+    Refund,
+    Dispute,
+    Other,
+}
+
+/// The object a type carries, decided by the type (old bodies lack `object`).
+fn object_kind(event_type: &str) -> ObjectKind {
+    if event_type.starts_with("payment_intent.") {
+        ObjectKind::PaymentIntent
+    } else if event_type.starts_with("charge.dispute.") {
+        ObjectKind::Dispute
+    } else if event_type.starts_with("charge.refund.") || event_type.starts_with("refund.") {
+        ObjectKind::Refund
+    } else if event_type.starts_with("charge.") {
+        ObjectKind::Charge
+    } else {
+        ObjectKind::Other
+    }
+}
+
+fn signal(event_type: &str, object: &Value) -> PaymentSignal {
+    match event_type {
+        "payment_intent.processing" => PaymentSignal::Processing,
+        "payment_intent.requires_action" => PaymentSignal::RequiresAction,
+        "payment_intent.succeeded" => PaymentSignal::Succeeded,
+        "payment_intent.payment_failed" => PaymentSignal::Failed,
+        "payment_intent.canceled" => PaymentSignal::Canceled,
+        "charge.refunded" => match int_field(object, "amount_refunded") {
+            Some(amount_refunded_cents) => PaymentSignal::ChargeRefunded {
+                amount_refunded_cents,
+            },
+            None => PaymentSignal::Unhandled,
+        },
+        "refund.created" | "refund.updated" | "charge.refund.updated" | "refund.failed" => {
+            let (Some(refund_id), Some(amount_cents)) =
+                (str_field(object, "id"), int_field(object, "amount"))
+            else {
+                return PaymentSignal::Unhandled;
+            };
+            // `refund.failed` is a failure by its type, whatever the body says.
+            let reversed = event_type == "refund.failed"
+                || matches!(
+                    str_field(object, "status").as_deref(),
+                    Some("failed" | "canceled")
+                );
+            PaymentSignal::Refund {
+                refund_id,
+                amount_cents,
+                state: if reversed {
+                    RefundState::Reversed
+                } else {
+                    RefundState::Active
+                },
+            }
+        }
+        "charge.dispute.created" => match str_field(object, "id") {
+            Some(dispute_id) => PaymentSignal::DisputeOpened { dispute_id },
+            None => PaymentSignal::Unhandled,
+        },
+        "charge.dispute.closed" => {
+            let won = match str_field(object, "status").as_deref() {
+                Some("won" | "warning_closed") => true,
+                Some("lost") => false,
+                // A closed dispute with another status says nothing we can apply.
+                _ => return PaymentSignal::Unhandled,
+            };
+            match str_field(object, "id") {
+                Some(dispute_id) => PaymentSignal::DisputeClosed { dispute_id, won },
+                None => PaymentSignal::Unhandled,
+            }
+        }
+        _ => PaymentSignal::Unhandled,
+    }
+}
+
+fn str_field(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+fn int_field(v: &Value, key: &str) -> Option<i64> {
+    v.get(key).and_then(Value::as_i64)
+}
+
+/// Stripe fields like `payment_intent` are an id, or the object when expanded.
+fn id_or_expanded(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Object(o) => o.get("id").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    }
+}
+
+fn meta(object: &Value, key: &str) -> Option<String> {
+    match object.get("metadata")?.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<(String, Vec<u8>)> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/stripe-events");
+        let mut out = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.ends_with(".json") {
+                    out.push((name, std::fs::read(e.path()).unwrap_or_default()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn every_shared_sample_parses() {
+        let samples = samples();
+        assert!(samples.len() >= 28, "expected the shared Stripe samples");
+        for (name, body) in samples {
+            let fact = parse_event(&body, false);
+            assert!(fact.is_ok(), "{name}: {fact:?}");
+        }
+    }
+
+    #[test]
+    fn status_comes_from_type_not_object_status() {
+        for (name, body) in samples() {
+            let Ok(fact) = parse_event(&body, false) else {
+                continue;
+            };
+            let want = match fact.event_type.as_str() {
+                "payment_intent.succeeded" => Some(PaymentSignal::Succeeded),
+                "payment_intent.canceled" => Some(PaymentSignal::Canceled),
+                "payment_intent.processing" => Some(PaymentSignal::Processing),
+                "payment_intent.requires_action" => Some(PaymentSignal::RequiresAction),
+                "payment_intent.payment_failed" => Some(PaymentSignal::Failed),
+                _ => None,
+            };
+            if let Some(want) = want {
+                assert_eq!(fact.signal, want, "{name}");
+            }
+            if name.contains("unhandled_type") {
+                assert_eq!(fact.signal, PaymentSignal::Unhandled, "{name}");
+            }
+            if fact.event_type == "refund.failed" {
+                assert!(
+                    matches!(
+                        fact.signal,
+                        PaymentSignal::Refund {
+                            state: RefundState::Reversed,
+                            ..
+                        }
+                    ),
+                    "{name}: refund.failed must reverse whatever the object status says"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn charges_bind_through_their_payment_intent() {
+        let body = br#"{"id":"evt_1","type":"charge.refunded","created":5,"livemode":true,
+            "data":{"object":{"id":"ch_1","payment_intent":{"id":"pi_9"},"amount":500,
+            "currency":"ZAR","amount_refunded":200,"metadata":{"bookingId":7}}}}"#;
+        let fact = parse_event(body, true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(fact.payment_intent_id.as_deref(), Some("pi_9"));
+        assert_eq!(fact.amount_cents, Some(500));
+        assert_eq!(fact.currency.as_ref().map(Currency::as_str), Some("zar"));
+        assert_eq!(fact.metadata.booking_id.as_deref(), Some("7"));
+        assert_eq!(
+            fact.signal,
+            PaymentSignal::ChargeRefunded {
+                amount_refunded_cents: 200
+            }
+        );
+    }
+
+    #[test]
+    fn bad_bodies_are_refused() {
+        assert_eq!(parse_event(b"not json", false), Err(ParseError::NotJson));
+        assert_eq!(
+            parse_event(br#"{"type":"x"}"#, false),
+            Err(ParseError::Missing("id"))
+        );
+        assert_eq!(
+            parse_event(br#"{"id":"evt"}"#, false),
+            Err(ParseError::Missing("type"))
+        );
+    }
+}
