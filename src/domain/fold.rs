@@ -252,16 +252,29 @@ pub fn fold_booking(booking_id: &str, events: &[Recorded]) -> BookingFold {
             outcomes.set(rec.seq, OutcomeKind::Noop, Some(reason::DUPLICATE));
             continue;
         }
+        // Did Stripe report a success on this intent that passes the guards?
+        let refs = booking_refs(&booking);
+        let captured = facts.get(pi).is_some_and(|list| {
+            list.iter().any(|(_, f)| {
+                f.signal == PaymentSignal::Succeeded
+                    && check_guards(&refs, bound_terms(&bindings, pi), f).is_ok()
+            })
+        });
         let pay = &mut booking.payment;
         let pending_elsewhere = pay.status == PaymentStatus::Pending
             && pay
                 .intent
                 .as_ref()
                 .is_some_and(|i| i.payment_intent_id != pi);
-        let verdict = if pending_elsewhere {
+        let input = if captured {
+            PaymentInput::BoundSucceeded
+        } else {
+            PaymentInput::Bound
+        };
+        let verdict = if pending_elsewhere && !captured {
             Err(reason::INTENT_PENDING)
         } else {
-            match transition(pay.status, PaymentInput::Bound) {
+            match transition(pay.status, input) {
                 Transition::Reject => Err(reason::INVALID_TRANSITION),
                 Transition::To(_) | Transition::Noop => Ok(()),
             }

@@ -13,6 +13,10 @@ use std::fmt::Write as _;
 pub enum PaymentInput {
     /// A payment intent bound to the booking (our `PaymentIntentBound`).
     Bound,
+    /// A bound intent on which Stripe reports a success: captured money
+    /// outranks whatever the booking's other intents said, so it is taken
+    /// from every status that is not settled yet (invariant 5).
+    BoundSucceeded,
     Processing,
     RequiresAction,
     Succeeded,
@@ -35,8 +39,9 @@ pub enum PaymentInput {
 }
 
 impl PaymentInput {
-    pub const ALL: [PaymentInput; 14] = [
+    pub const ALL: [PaymentInput; 15] = [
         Self::Bound,
+        Self::BoundSucceeded,
         Self::Processing,
         Self::RequiresAction,
         Self::Succeeded,
@@ -55,6 +60,7 @@ impl PaymentInput {
     pub fn label(self) -> &'static str {
         match self {
             Self::Bound => "bound (new intent)",
+            Self::BoundSucceeded => "bound (intent that succeeded)",
             Self::Processing => "processing",
             Self::RequiresAction => "requires_action",
             Self::Succeeded => "succeeded",
@@ -91,15 +97,38 @@ use PaymentStatus::{
 const NO: Option<PaymentStatus> = None;
 
 /// Rows follow [`PaymentStatus::ALL`], columns [`PaymentInput::ALL`]:
-/// bound, processing, requires_action, succeeded, failed, canceled,
-/// refund partial, refund full, reversed none left, reversed some left,
-/// dispute opened, won no refund, won part refunded, lost.
+/// bound, bound succeeded, processing, requires_action, succeeded, failed,
+/// canceled, refund partial, refund full, reversed none left, reversed some
+/// left, dispute opened, won no refund, won part refunded, lost.
 /// `None` is a rejection; a cell equal to its row is a no-op.
-const TABLE: [[Option<PaymentStatus>; 14]; 10] = [
+///
+/// Two cells go beyond DESIGN.md's intended shape, both so that no late or
+/// reordered event can undo a payment (invariant 5 outranks the shape):
+/// `canceled` + succeeded → paid (Stripe never succeeds a canceled intent;
+/// if it ever says both, the captured money wins), and the
+/// "bound (intent that succeeded)" column.
+const TABLE: [[Option<PaymentStatus>; 15]; 10] = [
     // unpaid
-    [Some(Pe), NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO],
+    [
+        Some(Pe),
+        Some(Pe),
+        NO,
+        NO,
+        NO,
+        NO,
+        NO,
+        NO,
+        NO,
+        NO,
+        NO,
+        NO,
+        NO,
+        NO,
+        NO,
+    ],
     // pending
     [
+        Some(Pe),
         Some(Pe),
         Some(Ps),
         Some(Pe),
@@ -118,6 +147,7 @@ const TABLE: [[Option<PaymentStatus>; 14]; 10] = [
     // processing
     [
         NO,
+        Some(Pe),
         Some(Ps),
         Some(Pe),
         Some(Pd),
@@ -134,6 +164,7 @@ const TABLE: [[Option<PaymentStatus>; 14]; 10] = [
     ],
     // failed
     [
+        Some(Pe),
         Some(Pe),
         Some(Ps),
         Some(Pe),
@@ -152,9 +183,10 @@ const TABLE: [[Option<PaymentStatus>; 14]; 10] = [
     // canceled
     [
         Some(Pe),
+        Some(Pe),
         NO,
         NO,
-        NO,
+        Some(Pd),
         NO,
         Some(Cn),
         NO,
@@ -168,6 +200,7 @@ const TABLE: [[Option<PaymentStatus>; 14]; 10] = [
     ],
     // paid
     [
+        NO,
         NO,
         NO,
         NO,
@@ -191,6 +224,7 @@ const TABLE: [[Option<PaymentStatus>; 14]; 10] = [
         NO,
         NO,
         NO,
+        NO,
         Some(Pr),
         Some(Rf),
         Some(Pd),
@@ -202,6 +236,7 @@ const TABLE: [[Option<PaymentStatus>; 14]; 10] = [
     ],
     // refunded
     [
+        NO,
         NO,
         NO,
         NO,
@@ -229,13 +264,14 @@ const TABLE: [[Option<PaymentStatus>; 14]; 10] = [
         NO,
         NO,
         NO,
+        NO,
         Some(Di),
         Some(Pd),
         Some(Pr),
         Some(Cb),
     ],
     // charged_back
-    [NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO],
+    [NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO],
 ];
 
 fn status_index(status: PaymentStatus) -> usize {
@@ -266,11 +302,15 @@ pub fn render_markdown() -> String {
     );
     out.push_str(
         "Rows: the booking's current payment status. Columns: the event, as the fold \
-         classifies it. A status is the new status; `no-op` keeps the state; `—` rejects \
-         the event (stored, outcome `rejected`, reason `invalid_transition`, state \
-         unchanged). `pending*`: a new intent is bound only when none is current or the \
-         current one failed or was canceled; a second intent while one is pending is \
-         rejected.\n\n",
+         classifies it. A status is the new status; `no-op` keeps the status (a refund \
+         may still change the refunded amount); `—` rejects the event (stored, outcome \
+         `rejected`, reason `invalid_transition`, state unchanged). `pending*`: a new \
+         intent is bound only when none is current or the current one failed or was \
+         canceled; a second intent while one is pending is rejected (`intent_pending`). \
+         \"bound (intent that succeeded)\": an intent on which Stripe reports a success \
+         takes over from any status that is not settled, and `canceled` + succeeded is \
+         `paid`: captured money always wins, so no late or reordered event can undo a \
+         payment (invariant 5).\n\n",
     );
     out.push_str("| from |");
     for input in PaymentInput::ALL {
@@ -363,7 +403,10 @@ mod tests {
             ),
             (S::Disputed, I::DisputeLost, Transition::To(S::ChargedBack)),
             (S::Disputed, I::DisputeWonNoRefund, Transition::To(S::Paid)),
-            (S::Canceled, I::Succeeded, Transition::Reject),
+            (S::Canceled, I::Succeeded, Transition::To(S::Paid)),
+            (S::Processing, I::BoundSucceeded, Transition::To(S::Pending)),
+            (S::Processing, I::Bound, Transition::Reject),
+            (S::Paid, I::BoundSucceeded, Transition::Reject),
         ];
         for (from, input, want) in cases {
             assert_eq!(transition(from, input), want, "{from} + {input:?}");

@@ -1,9 +1,12 @@
-//! Store conformance suite: every test runs against SQLite and PostgreSQL
-//! (one binary; `sqlite::*` and `postgres::*`).
+//! Engine integration tests, one binary:
+//! - `store`: the conformance suite, run against SQLite and PostgreSQL
+//!   (`sqlite::*`, `postgres::*`);
+//! - `cli`: the `klubz-ledger` commands as an operator runs them.
 #![allow(clippy::unwrap_used)]
 
-mod conformance;
+mod cli;
 mod helpers;
+mod store;
 
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -11,7 +14,7 @@ macro_rules! on_both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() {
-                    crate::conformance::$name(crate::helpers::Backend::Sqlite).await
+                    crate::store::$name(crate::helpers::Backend::Sqlite).await
                 }
             )*
         }
@@ -19,7 +22,7 @@ macro_rules! on_both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() {
-                    crate::conformance::$name(crate::helpers::Backend::Postgres).await
+                    crate::store::$name(crate::helpers::Backend::Postgres).await
                 }
             )*
         }

@@ -230,7 +230,7 @@ pub fn refund(id: &str, pi: &str, amount: i64, status: &str) -> Value {
            "currency": "zar", "status": status})
 }
 
-async fn create_pg_database() -> String {
+pub async fn create_pg_database() -> String {
     use sqlx::Connection;
     let admin = admin_url();
     let mut conn = sqlx::PgConnection::connect(&admin)

@@ -1,4 +1,4 @@
-//! The tests behind `on_both_backends!`.
+//! The store conformance tests behind `on_both_backends!`.
 
 use crate::helpers::*;
 use futures::StreamExt;

@@ -1,1 +1,0 @@
-//! Property tests live in `tests/`; this crate has no library code.
