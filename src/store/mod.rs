@@ -12,6 +12,7 @@
 pub mod chain;
 pub mod migrations;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 mod unit;
 pub mod verify;

@@ -7,19 +7,18 @@
 
 use super::chain::ChainKey;
 use super::migrations::{migrator, Dialect};
+use super::sql::{booking_history_sql, prefixed_columns, EVENT_COLUMNS};
 use super::sqlite::batch_error;
 use super::unit::{
-    run_batch, BatchEnv, BatchError, ExistingKey, JobResult, LooseOutcome, NewRow, OutboxRow,
-    UnitTx,
+    run_batch, BatchEnv, BatchError, ExistingKey, Histories, JobResult, NewRow, OutboxRow,
+    OutcomeRow, UnitTx,
 };
 use super::writer::{BatchRunner, Writer};
 use super::{
     now, EventStore, StoreError, StoredEvent, Submission, SubmitError, Submitted, TimelineEntry,
 };
 use crate::domain::fold::OutcomeKind;
-use crate::domain::{
-    BookingState, BookingStatus, Currency, EventOutcome, PaymentStatus, TripState,
-};
+use crate::domain::{BookingStatus, Currency, EventOutcome, PaymentStatus, TripState};
 use crate::projection::BookingView;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -29,9 +28,6 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
-
-const EVENT_COLUMNS: &str = "seq, stream, stream_version, kind, source, idempotency_key, \
-    occurred_at, recorded_at, payload, raw_payload, fingerprint, prev_hash, hash";
 
 /// Tuning.
 #[derive(Debug, Clone)]
@@ -232,51 +228,6 @@ fn outcome_from_row(row: &PgRow) -> Result<Option<EventOutcome>, sqlx::Error> {
     }))
 }
 
-const UPSERT_OUTCOMES: &str = "INSERT INTO event_outcomes (seq, booking_id, outcome, reason) \
-    SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[]) \
-    ON CONFLICT (seq) DO UPDATE SET booking_id = excluded.booking_id, \
-    outcome = excluded.outcome, reason = excluded.reason";
-
-async fn upsert_outcomes(
-    tx: &mut Transaction<'static, Postgres>,
-    booking: Option<&str>,
-    outcomes: &[EventOutcome],
-) -> Result<(), sqlx::Error> {
-    sqlx::query(UPSERT_OUTCOMES)
-        .bind(outcomes.iter().map(|o| o.seq).collect::<Vec<_>>())
-        .bind(
-            outcomes
-                .iter()
-                .map(|_| booking.map(str::to_string))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            outcomes
-                .iter()
-                .map(|o| o.outcome.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            outcomes
-                .iter()
-                .map(|o| o.reason.clone())
-                .collect::<Vec<_>>(),
-        )
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-fn booking_history_sql() -> String {
-    format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE stream = $1 \
-         UNION ALL \
-         SELECT {EVENT_COLUMNS} FROM events WHERE stream IN \
-            (SELECT 'payment:' || payment_intent_id FROM payment_bindings WHERE booking_id = $2) \
-         ORDER BY seq"
-    )
-}
-
 #[async_trait]
 impl UnitTx for PgUnit {
     async fn lock(&mut self, keys: &[String]) -> Result<(), sqlx::Error> {
@@ -423,13 +374,49 @@ impl UnitTx for PgUnit {
         Ok(())
     }
 
-    async fn booking_history(&mut self, booking_id: &str) -> Result<Vec<StoredEvent>, sqlx::Error> {
-        let rows = sqlx::query(&booking_history_sql())
-            .bind(crate::domain::events::stream::booking(booking_id))
-            .bind(booking_id)
-            .fetch_all(&mut *self.tx)
-            .await?;
-        rows.iter().map(event_from_row).collect()
+    async fn booking_histories(&mut self, ids: &[String]) -> Result<Histories, sqlx::Error> {
+        // Streams first, then events by `stream = ANY(…)`: this uses the
+        // (stream, stream_version) index, where a join from a CTE led the
+        // planner to scan the whole log.
+        let bound = sqlx::query(
+            "SELECT booking_id, payment_intent_id FROM payment_bindings WHERE booking_id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut owner: HashMap<String, String> = ids
+            .iter()
+            .map(|id| (crate::domain::events::stream::booking(id), id.clone()))
+            .collect();
+        for row in &bound {
+            let pi: String = row.try_get("payment_intent_id")?;
+            owner.insert(
+                crate::domain::events::stream::payment(&pi),
+                row.try_get("booking_id")?,
+            );
+        }
+        let streams: Vec<&String> = owner.keys().collect();
+        let rows = sqlx::query(&format!(
+            "SELECT {}, o.outcome, o.reason FROM events e \
+             LEFT JOIN LATERAL (SELECT outcome, reason FROM event_outcomes \
+                WHERE event_outcomes.seq = e.seq) o ON true \
+             WHERE e.stream = ANY($1) ORDER BY e.seq",
+            prefixed_columns("e")
+        ))
+        .bind(streams)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut out = Histories::default();
+        for row in &rows {
+            let event = event_from_row(row)?;
+            if let Some(o) = outcome_from_row(row)? {
+                out.outcomes.insert(o.seq, o);
+            }
+            if let Some(booking) = owner.get(&event.stream) {
+                out.events.entry(booking.clone()).or_default().push(event);
+            }
+        }
+        Ok(out)
     }
 
     async fn trip_history(&mut self, trip_id: &str) -> Result<Vec<StoredEvent>, sqlx::Error> {
@@ -442,17 +429,17 @@ impl UnitTx for PgUnit {
         rows.iter().map(event_from_row).collect()
     }
 
-    async fn save_booking(
-        &mut self,
-        b: &BookingState,
-        outcomes: &[EventOutcome],
-    ) -> Result<(), sqlx::Error> {
-        let v = BookingView::from(b);
+    async fn save_bookings(&mut self, bookings: &[BookingView]) -> Result<(), sqlx::Error> {
+        let col =
+            |f: fn(&BookingView) -> Option<String>| bookings.iter().map(f).collect::<Vec<_>>();
+        let num = |f: fn(&BookingView) -> Option<i64>| bookings.iter().map(f).collect::<Vec<_>>();
         sqlx::query(
             "INSERT INTO trip_participants (booking_id, trip_id, user_id, org_id, passengers, \
                 status, payment_status, payment_intent_id, amount_cents, currency, \
                 amount_refunded_cents, attempts, version, last_event_seq, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], \
+                $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bigint[], \
+                $12::int[], $13::bigint[], $14::bigint[], $15::timestamptz[]) \
              ON CONFLICT (booking_id) DO UPDATE SET status = excluded.status, \
                 payment_status = excluded.payment_status, \
                 payment_intent_id = excluded.payment_intent_id, \
@@ -461,29 +448,60 @@ impl UnitTx for PgUnit {
                 attempts = excluded.attempts, version = excluded.version, \
                 last_event_seq = excluded.last_event_seq, updated_at = excluded.updated_at",
         )
-        .bind(&v.booking_id)
-        .bind(&v.trip_id)
-        .bind(&v.user_id)
-        .bind(&v.org_id)
-        .bind(v.passengers as i32)
-        .bind(v.status.as_str())
-        .bind(v.payment_status.as_str())
-        .bind(&v.payment_intent_id)
-        .bind(v.amount_cents)
-        .bind(v.currency.as_ref().map(Currency::as_str))
-        .bind(v.amount_refunded_cents)
-        .bind(v.attempts as i32)
-        .bind(v.version)
-        .bind(v.last_event_seq)
-        .bind(v.updated_at)
+        .bind(col(|v| Some(v.booking_id.clone())))
+        .bind(col(|v| Some(v.trip_id.clone())))
+        .bind(col(|v| Some(v.user_id.clone())))
+        .bind(col(|v| v.org_id.clone()))
+        .bind(
+            bookings
+                .iter()
+                .map(|v| v.passengers as i32)
+                .collect::<Vec<_>>(),
+        )
+        .bind(col(|v| Some(v.status.as_str().to_string())))
+        .bind(col(|v| Some(v.payment_status.as_str().to_string())))
+        .bind(col(|v| v.payment_intent_id.clone()))
+        .bind(num(|v| v.amount_cents))
+        .bind(col(|v| v.currency.as_ref().map(|c| c.as_str().to_string())))
+        .bind(num(|v| Some(v.amount_refunded_cents)))
+        .bind(
+            bookings
+                .iter()
+                .map(|v| v.attempts as i32)
+                .collect::<Vec<_>>(),
+        )
+        .bind(num(|v| Some(v.version)))
+        .bind(num(|v| Some(v.last_event_seq)))
+        .bind(bookings.iter().map(|v| v.updated_at).collect::<Vec<_>>())
         .execute(&mut *self.tx)
         .await?;
-        upsert_outcomes(&mut self.tx, Some(&b.booking_id), outcomes).await
+        Ok(())
     }
 
-    async fn save_loose_outcomes(&mut self, outcomes: &[LooseOutcome]) -> Result<(), sqlx::Error> {
-        let list: Vec<EventOutcome> = outcomes.iter().map(|(_, _, o)| o.clone()).collect();
-        upsert_outcomes(&mut self.tx, None, &list).await
+    async fn save_outcomes(&mut self, outcomes: &[OutcomeRow]) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO event_outcomes (seq, booking_id, outcome, reason) \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[]) \
+             ON CONFLICT (seq) DO UPDATE SET booking_id = excluded.booking_id, \
+             outcome = excluded.outcome, reason = excluded.reason",
+        )
+        .bind(outcomes.iter().map(|(_, o)| o.seq).collect::<Vec<_>>())
+        .bind(outcomes.iter().map(|(b, _)| b.clone()).collect::<Vec<_>>())
+        .bind(
+            outcomes
+                .iter()
+                .map(|(_, o)| o.outcome.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            outcomes
+                .iter()
+                .map(|(_, o)| o.reason.clone())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
     }
 
     async fn save_outbox(&mut self, rows: &[OutboxRow]) -> Result<(), sqlx::Error> {

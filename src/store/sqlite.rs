@@ -4,18 +4,17 @@
 
 use super::chain::ChainKey;
 use super::migrations::{migrator, Dialect};
+use super::sql::{booking_history_sql, prefixed_columns, EVENT_COLUMNS};
 use super::unit::{
-    run_batch, BatchEnv, BatchError, ExistingKey, JobResult, LooseOutcome, NewRow, OutboxRow,
-    UnitTx,
+    run_batch, BatchEnv, BatchError, ExistingKey, Histories, JobResult, NewRow, OutboxRow,
+    OutcomeRow, UnitTx,
 };
 use super::writer::{BatchRunner, Writer};
 use super::{
     now, EventStore, StoreError, StoredEvent, Submission, SubmitError, Submitted, TimelineEntry,
 };
 use crate::domain::fold::OutcomeKind;
-use crate::domain::{
-    BookingState, BookingStatus, Currency, EventOutcome, PaymentStatus, TripState,
-};
+use crate::domain::{BookingStatus, Currency, EventOutcome, PaymentStatus, TripState};
 use crate::projection::BookingView;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -30,9 +29,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
-
-const EVENT_COLUMNS: &str = "seq, stream, stream_version, kind, source, idempotency_key, \
-    occurred_at, recorded_at, payload, raw_payload, fingerprint, prev_hash, hash";
 
 pub struct SqliteStore {
     /// Readers: several connections; WAL lets them read while the writer writes.
@@ -216,27 +212,6 @@ fn outcome_from_row(row: &SqliteRow) -> Result<Option<EventOutcome>, sqlx::Error
     }))
 }
 
-fn outcomes_json(booking: Option<&str>, outcomes: &[EventOutcome]) -> String {
-    let list: Vec<serde_json::Value> = outcomes
-        .iter()
-        .map(|o| {
-            serde_json::json!({
-                "seq": o.seq,
-                "booking": booking,
-                "outcome": o.outcome.as_str(),
-                "reason": o.reason,
-            })
-        })
-        .collect();
-    serde_json::Value::Array(list).to_string()
-}
-
-const UPSERT_OUTCOMES: &str = "INSERT INTO event_outcomes (seq, booking_id, outcome, reason) \
-    SELECT j.value->>'seq', j.value->>'booking', j.value->>'outcome', j.value->>'reason' \
-    FROM json_each($1) AS j WHERE true \
-    ON CONFLICT (seq) DO UPDATE SET booking_id = excluded.booking_id, \
-    outcome = excluded.outcome, reason = excluded.reason";
-
 #[async_trait]
 impl UnitTx for SqliteUnit<'_> {
     async fn lock(&mut self, _keys: &[String]) -> Result<(), sqlx::Error> {
@@ -375,13 +350,34 @@ impl UnitTx for SqliteUnit<'_> {
         Ok(())
     }
 
-    async fn booking_history(&mut self, booking_id: &str) -> Result<Vec<StoredEvent>, sqlx::Error> {
-        let rows = sqlx::query(&booking_history_sql())
-            .bind(crate::domain::events::stream::booking(booking_id))
-            .bind(booking_id)
-            .fetch_all(&mut *self.tx)
-            .await?;
-        rows.iter().map(event_from_row).collect()
+    async fn booking_histories(&mut self, ids: &[String]) -> Result<Histories, sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "WITH wanted(booking_id) AS (SELECT value FROM json_each($1)), \
+             streams(owner, stream) AS ( \
+                SELECT booking_id, 'booking:' || booking_id FROM wanted \
+                UNION ALL \
+                SELECT pb.booking_id, 'payment:' || pb.payment_intent_id \
+                FROM payment_bindings pb JOIN wanted w ON w.booking_id = pb.booking_id) \
+             SELECT s.owner, {}, o.outcome, o.reason \
+             FROM streams s JOIN events e ON e.stream = s.stream \
+             LEFT JOIN event_outcomes o ON o.seq = e.seq ORDER BY e.seq",
+            prefixed_columns("e")
+        ))
+        .bind(json_list(ids))
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut out = Histories::default();
+        for row in &rows {
+            let event = event_from_row(row)?;
+            if let Some(o) = outcome_from_row(row)? {
+                out.outcomes.insert(o.seq, o);
+            }
+            out.events
+                .entry(row.try_get("owner")?)
+                .or_default()
+                .push(event);
+        }
+        Ok(out)
     }
 
     async fn trip_history(&mut self, trip_id: &str) -> Result<Vec<StoredEvent>, sqlx::Error> {
@@ -394,17 +390,30 @@ impl UnitTx for SqliteUnit<'_> {
         rows.iter().map(event_from_row).collect()
     }
 
-    async fn save_booking(
-        &mut self,
-        b: &BookingState,
-        outcomes: &[EventOutcome],
-    ) -> Result<(), sqlx::Error> {
-        let v = BookingView::from(b);
+    async fn save_bookings(&mut self, bookings: &[BookingView]) -> Result<(), sqlx::Error> {
+        let list: Vec<serde_json::Value> = bookings
+            .iter()
+            .map(|v| {
+                serde_json::json!({
+                    "id": v.booking_id, "trip": v.trip_id, "user": v.user_id, "org": v.org_id,
+                    "passengers": v.passengers, "status": v.status.as_str(),
+                    "payment": v.payment_status.as_str(), "pi": v.payment_intent_id,
+                    "amount": v.amount_cents, "currency": v.currency.as_ref().map(Currency::as_str),
+                    "refunded": v.amount_refunded_cents, "attempts": v.attempts,
+                    "version": v.version, "last": v.last_event_seq,
+                    "updated": super::format_time(&v.updated_at),
+                })
+            })
+            .collect();
         sqlx::query(
             "INSERT INTO trip_participants (booking_id, trip_id, user_id, org_id, passengers, \
                 status, payment_status, payment_intent_id, amount_cents, currency, \
                 amount_refunded_cents, attempts, version, last_event_seq, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             SELECT j.value->>'id', j.value->>'trip', j.value->>'user', j.value->>'org', \
+                j.value->>'passengers', j.value->>'status', j.value->>'payment', j.value->>'pi', \
+                j.value->>'amount', j.value->>'currency', j.value->>'refunded', \
+                j.value->>'attempts', j.value->>'version', j.value->>'last', j.value->>'updated' \
+             FROM json_each($1) AS j WHERE true \
              ON CONFLICT (booking_id) DO UPDATE SET status = excluded.status, \
                 payment_status = excluded.payment_status, \
                 payment_intent_id = excluded.payment_intent_id, \
@@ -413,36 +422,34 @@ impl UnitTx for SqliteUnit<'_> {
                 attempts = excluded.attempts, version = excluded.version, \
                 last_event_seq = excluded.last_event_seq, updated_at = excluded.updated_at",
         )
-        .bind(&v.booking_id)
-        .bind(&v.trip_id)
-        .bind(&v.user_id)
-        .bind(&v.org_id)
-        .bind(i64::from(v.passengers))
-        .bind(v.status.as_str())
-        .bind(v.payment_status.as_str())
-        .bind(&v.payment_intent_id)
-        .bind(v.amount_cents)
-        .bind(v.currency.as_ref().map(Currency::as_str))
-        .bind(v.amount_refunded_cents)
-        .bind(i64::from(v.attempts))
-        .bind(v.version)
-        .bind(v.last_event_seq)
-        .bind(super::format_time(&v.updated_at))
+        .bind(serde_json::Value::Array(list).to_string())
         .execute(&mut *self.tx)
         .await?;
-        sqlx::query(UPSERT_OUTCOMES)
-            .bind(outcomes_json(Some(&b.booking_id), outcomes))
-            .execute(&mut *self.tx)
-            .await?;
         Ok(())
     }
 
-    async fn save_loose_outcomes(&mut self, outcomes: &[LooseOutcome]) -> Result<(), sqlx::Error> {
-        let list: Vec<EventOutcome> = outcomes.iter().map(|(_, _, o)| o.clone()).collect();
-        sqlx::query(UPSERT_OUTCOMES)
-            .bind(outcomes_json(None, &list))
-            .execute(&mut *self.tx)
-            .await?;
+    async fn save_outcomes(&mut self, outcomes: &[OutcomeRow]) -> Result<(), sqlx::Error> {
+        let list: Vec<serde_json::Value> = outcomes
+            .iter()
+            .map(|(booking, o)| {
+                serde_json::json!({
+                    "seq": o.seq,
+                    "booking": booking,
+                    "outcome": o.outcome.as_str(),
+                    "reason": o.reason,
+                })
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO event_outcomes (seq, booking_id, outcome, reason) \
+             SELECT j.value->>'seq', j.value->>'booking', j.value->>'outcome', j.value->>'reason' \
+             FROM json_each($1) AS j WHERE true \
+             ON CONFLICT (seq) DO UPDATE SET booking_id = excluded.booking_id, \
+             outcome = excluded.outcome, reason = excluded.reason",
+        )
+        .bind(serde_json::Value::Array(list).to_string())
+        .execute(&mut *self.tx)
+        .await?;
         Ok(())
     }
 
@@ -491,16 +498,6 @@ impl UnitTx for SqliteUnit<'_> {
         .await?;
         Ok(())
     }
-}
-
-fn booking_history_sql() -> String {
-    format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE stream = $1 \
-         UNION ALL \
-         SELECT {EVENT_COLUMNS} FROM events WHERE stream IN \
-            (SELECT 'payment:' || payment_intent_id FROM payment_bindings WHERE booking_id = $2) \
-         ORDER BY seq"
-    )
 }
 
 const PAGE: i64 = 500;

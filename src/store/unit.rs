@@ -14,6 +14,7 @@ use crate::domain::{
     decide, fold_booking, fold_trip, BookingFold, BookingState, BookingStatus, Command, Context,
     Event, EventOutcome, PaymentSignal, Recorded, TripState,
 };
+use crate::projection::BookingView;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeSet, HashMap};
@@ -54,8 +55,17 @@ pub(crate) struct OutboxRow {
     pub created_seq: i64,
 }
 
-/// Outcome of an event that binds to no booking.
-pub(crate) type LooseOutcome = (i64, Option<String>, EventOutcome);
+/// An event outcome and the booking it belongs to (`None`: no booking).
+pub(crate) type OutcomeRow = (Option<String>, EventOutcome);
+
+/// The histories of several bookings, read in one statement.
+#[derive(Debug, Default)]
+pub(crate) struct Histories {
+    /// booking id → its events (own stream and bound intents' streams), by seq.
+    pub events: HashMap<String, Vec<StoredEvent>>,
+    /// The outcomes stored so far for those events, by seq.
+    pub outcomes: HashMap<i64, EventOutcome>,
+}
 
 /// The transaction-scoped operations a backend provides.
 #[async_trait]
@@ -79,15 +89,12 @@ pub(crate) trait UnitTx: Send {
     async fn insert_events(&mut self, rows: &[NewRow])
         -> Result<HashMap<String, i64>, sqlx::Error>;
     async fn insert_bindings(&mut self, rows: &[(String, String, i64)]) -> Result<(), sqlx::Error>;
-    async fn booking_history(&mut self, booking_id: &str) -> Result<Vec<StoredEvent>, sqlx::Error>;
+    async fn booking_histories(&mut self, ids: &[String]) -> Result<Histories, sqlx::Error>;
     async fn trip_history(&mut self, trip_id: &str) -> Result<Vec<StoredEvent>, sqlx::Error>;
-    /// Upserts the booking row and the outcomes of its events.
-    async fn save_booking(
-        &mut self,
-        booking: &BookingState,
-        outcomes: &[EventOutcome],
-    ) -> Result<(), sqlx::Error>;
-    async fn save_loose_outcomes(&mut self, outcomes: &[LooseOutcome]) -> Result<(), sqlx::Error>;
+    /// Upserts booking rows, in one statement.
+    async fn save_bookings(&mut self, bookings: &[BookingView]) -> Result<(), sqlx::Error>;
+    /// Upserts event outcomes, in one statement.
+    async fn save_outcomes(&mut self, outcomes: &[OutcomeRow]) -> Result<(), sqlx::Error>;
     async fn save_outbox(&mut self, rows: &[OutboxRow]) -> Result<(), sqlx::Error>;
     /// Upserts the trip row with its seat count recomputed from bookings.
     async fn save_trip(&mut self, trip: &TripState) -> Result<(), sqlx::Error>;
@@ -154,14 +161,20 @@ pub(crate) async fn run_batch<T: UnitTx>(
             .collect(),
     ))
     .await?;
+    // Only bookings a command decides on need their state now; those reached
+    // through a Stripe event's intent are recomputed after the append.
+    let deciding: Vec<String> = unique(subs.iter().filter_map(|s| s.command.booking_id()));
     let mut histories: HashMap<String, Vec<Recorded>> = HashMap::new();
     let mut bookings: HashMap<String, BookingState> = HashMap::new();
-    for id in &booking_ids {
-        let history = decode_all(&tx.booking_history(id).await?)?;
-        if let Some(state) = fold_booking(id, &history).state {
-            bookings.insert(id.clone(), state);
+    if !deciding.is_empty() {
+        let loaded = tx.booking_histories(&deciding).await?;
+        for id in &deciding {
+            let history = decode_all(loaded.events.get(id).map_or(&[], Vec::as_slice))?;
+            if let Some(state) = fold_booking(id, &history).state {
+                bookings.insert(id.clone(), state);
+            }
+            histories.insert(id.clone(), history);
         }
-        histories.insert(id.clone(), history);
     }
 
     // 3. Trips: the commands' own and those of the loaded bookings.
@@ -371,18 +384,27 @@ pub(crate) async fn run_batch<T: UnitTx>(
         tx.insert_bindings(&with_seq).await?;
     }
 
-    // 7. Project: every touched booking is recomputed from its events.
+    // 7. Project: every touched booking is recomputed from its events, with
+    //    one read and one write for the whole batch.
+    let ids: Vec<String> = touched_bookings.iter().cloned().collect();
+    let loaded = if ids.is_empty() {
+        Histories::default()
+    } else {
+        tx.booking_histories(&ids).await?
+    };
     let mut outcomes: HashMap<i64, (Option<String>, EventOutcome)> = HashMap::new();
+    let mut changed: Vec<OutcomeRow> = Vec::new();
+    let mut rows_to_save: Vec<BookingView> = Vec::new();
     let mut outbox: Vec<OutboxRow> = Vec::new();
-    for booking_id in &touched_bookings {
-        let history = decode_all(&tx.booking_history(booking_id).await?)?;
+    for booking_id in &ids {
+        let history = decode_all(loaded.events.get(booking_id).map_or(&[], Vec::as_slice))?;
         let BookingFold {
             state,
             outcomes: folded,
             refund_required,
         } = fold_booking(booking_id, &history);
         let Some(state) = state else { continue };
-        tx.save_booking(&state, &folded).await?;
+        rows_to_save.push(BookingView::from(&state));
         for pi in refund_required {
             outbox.push(OutboxRow {
                 message_key: format!("refund_required:{pi}"),
@@ -397,19 +419,24 @@ pub(crate) async fn run_batch<T: UnitTx>(
             });
         }
         for o in folded {
+            // Write only what changed: usually the new events' outcomes.
+            if loaded.outcomes.get(&o.seq) != Some(&o) {
+                changed.push((Some(booking_id.clone()), o.clone()));
+            }
             outcomes.insert(o.seq, (Some(booking_id.clone()), o));
         }
     }
+    if !rows_to_save.is_empty() {
+        tx.save_bookings(&rows_to_save).await?;
+    }
     // Stripe events that bind to no booking (yet): recorded as such, and
     // re-judged when a binding for their intent arrives.
-    let mut loose: Vec<LooseOutcome> = Vec::new();
     for (i, sub) in subs.iter().enumerate() {
         let (Job::New(row_index), Command::RecordStripeEvent(fact)) = (&jobs[i], &sub.command)
         else {
             continue;
         };
-        let row_index = *row_index;
-        let seq = seq_of(row_index)?;
+        let seq = seq_of(*row_index)?;
         if outcomes.contains_key(&seq) {
             continue;
         }
@@ -424,10 +451,10 @@ pub(crate) async fn run_batch<T: UnitTx>(
             reason: Some(why.to_string()),
         };
         outcomes.insert(seq, (None, outcome.clone()));
-        loose.push((seq, None, outcome));
+        changed.push((None, outcome));
     }
-    if !loose.is_empty() {
-        tx.save_loose_outcomes(&loose).await?;
+    if !changed.is_empty() {
+        tx.save_outcomes(&changed).await?;
     }
     if !outbox.is_empty() {
         tx.save_outbox(&outbox).await?;
