@@ -5,7 +5,7 @@
 //! secrets are generated once and kept in `klubz-ledger.secrets` (mode 0600)
 //! in the working directory, with a warning naming the file.
 
-use crate::store::chain::ChainKey;
+pub use crate::crypto::MasterKey;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -46,29 +46,6 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// The 32-byte master key from `ENCRYPTION_KEY`.
-#[derive(Clone)]
-pub struct MasterKey([u8; 32]);
-
-impl MasterKey {
-    pub fn parse_hex(raw: &str) -> Option<Self> {
-        let bytes = hex::decode(raw.trim()).ok()?;
-        Some(Self(bytes.try_into().ok()?))
-    }
-    pub fn chain_key(&self) -> ChainKey {
-        ChainKey::derive(&self.0)
-    }
-    pub fn bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for MasterKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("MasterKey(<redacted>)")
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: String,
@@ -76,7 +53,8 @@ pub struct Config {
     pub environment: Environment,
     pub jwt_secret: Secret,
     pub encryption_key: MasterKey,
-    /// One or more, for rotation.
+    /// One or more, for rotation. Empty only in production when
+    /// `STRIPE_WEBHOOK_SECRET` is unset: the webhook then answers 500.
     pub webhook_secrets: Vec<Secret>,
     pub stripe_secret_key: Option<Secret>,
     pub stripe_api_base: String,
@@ -168,9 +146,15 @@ impl Config {
             };
         let jwt_secret = secret("JWT_SECRET", || hex::encode(random_bytes()))?;
         let encryption_hex = secret("ENCRYPTION_KEY", || hex::encode(random_bytes()))?;
-        let webhook_raw = secret("STRIPE_WEBHOOK_SECRET", || {
-            format!("whsec_{}", hex::encode(random_bytes()))
-        })?;
+        // Production without a webhook secret still starts (the rest of the
+        // engine works) but the webhook fails closed: 500 CONFIGURATION_ERROR.
+        let webhook_raw = if production {
+            get("STRIPE_WEBHOOK_SECRET").unwrap_or_default()
+        } else {
+            secret("STRIPE_WEBHOOK_SECRET", || {
+                format!("whsec_{}", hex::encode(random_bytes()))
+            })?
+        };
         if !generated.is_empty() {
             write_secrets(&secrets_path, &file)?;
         }
@@ -186,7 +170,7 @@ impl Config {
             .filter(|s| !s.is_empty())
             .map(Secret::new)
             .collect();
-        if webhook_secrets.is_empty()
+        if (webhook_secrets.is_empty() && !production)
             || webhook_secrets
                 .iter()
                 .any(|s| !s.expose().starts_with("whsec_"))
@@ -318,7 +302,10 @@ mod tests {
         let second = load(&[], dir.path()).unwrap_or_else(|e| panic!("{e}"));
         assert!(second.generated.is_empty());
         assert_eq!(first.jwt_secret, second.jwt_secret);
-        assert_eq!(first.encryption_key.bytes(), second.encryption_key.bytes());
+        assert_eq!(
+            first.encryption_key.chain_key().check_value(),
+            second.encryption_key.chain_key().check_value()
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -367,6 +354,16 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.webhook_secrets.len(), 2);
+        let without_webhook = load(
+            &[
+                ("ENVIRONMENT", "production"),
+                ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+                ("ENCRYPTION_KEY", &"ab".repeat(32)),
+            ],
+            dir.path(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(without_webhook.webhook_secrets.is_empty());
         assert!(cfg.stripe_livemode);
         assert!(format!("{cfg:?}").contains("<redacted>"));
         assert!(!format!("{cfg:?}").contains("whsec_test_one"));

@@ -22,7 +22,9 @@
 //! "retry later"). Only the binaries use `anyhow`.
 
 pub mod config;
+pub mod crypto;
 pub mod domain;
+pub mod http;
 pub mod projection;
 pub mod smoke;
 pub mod store;

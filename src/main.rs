@@ -22,6 +22,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the HTTP server on BIND_ADDR (migrates first).
+    Serve,
+    /// Print a valid Stripe-Signature header for FILE's bytes, signed now
+    /// with the configured webhook secret (which is never printed).
+    SignWebhook {
+        /// The exact body that will be sent.
+        file: PathBuf,
+    },
     /// Apply pending migrations to DATABASE_URL.
     Migrate,
     /// Check migration numbering in the tree (contiguous, no duplicates, the
@@ -47,7 +55,12 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    klubz_ledger::telemetry::init(config.log_format, "warn");
+    let level = if matches!(cli.command, Cmd::Serve) {
+        "info"
+    } else {
+        "warn"
+    };
+    klubz_ledger::telemetry::init(config.log_format, level);
     if !config.generated.is_empty() {
         if let Some(file) = &config.secrets_file {
             tracing::warn!(
@@ -58,6 +71,8 @@ async fn main() -> ExitCode {
         }
     }
     let result = match cli.command {
+        Cmd::Serve => serve(config).await,
+        Cmd::SignWebhook { file } => sign_webhook(&config, &file),
         Cmd::Migrate => migrate(&config).await,
         Cmd::CheckMigrations { dir } => check_migrations(&config, &dir).await,
         Cmd::Smoke => smoke(&config).await,
@@ -69,6 +84,70 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    if config.environment == Environment::Production && config.webhook_secrets.is_empty() {
+        tracing::error!(
+            variable = "STRIPE_WEBHOOK_SECRET",
+            "not configured: every webhook is refused with 500 CONFIGURATION_ERROR until it is set"
+        );
+    }
+    let chain_key = config.encryption_key.chain_key();
+    let store = klubz_ledger::store::open(&config.database_url, chain_key)
+        .await
+        .context("open the database")?;
+    let listener = tokio::net::TcpListener::bind(config.bind_addr)
+        .await
+        .with_context(|| format!("bind {}", config.bind_addr))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        address = %addr,
+        backend = store.backend(),
+        environment = ?config.environment,
+        livemode = config.stripe_livemode,
+        "klubz-ledger listening"
+    );
+    let state = klubz_ledger::http::AppState::new(store, std::sync::Arc::new(config));
+    klubz_ledger::http::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM: stop accepting, finish requests in flight.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+fn sign_webhook(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {
+    let body = std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
+    let secret = config
+        .webhook_secrets
+        .first()
+        .context("STRIPE_WEBHOOK_SECRET is not configured")?;
+    let now = chrono::Utc::now().timestamp();
+    println!(
+        "{}",
+        klubz_ledger::stripe::signature::header(secret.expose(), now, &body)
+    );
+    Ok(())
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
@@ -174,8 +253,7 @@ async fn smoke(config: &Config) -> anyhow::Result<()> {
     if config.environment == Environment::Production {
         tracing::warn!("smoke runs on a temporary database, never on the configured one");
     }
-    let summary =
-        klubz_ledger::smoke::run(&config.database_url, config.encryption_key.chain_key()).await?;
+    let summary = klubz_ledger::smoke::run(config).await?;
     println!("{summary}");
     println!("smoke ok");
     Ok(())

@@ -1,15 +1,19 @@
 //! `klubz-ledger smoke`: on a fresh temporary database of the configured
-//! kind, run one booking from publication to a full refund through the
-//! library, check each step, verify chain and projections.
+//! kind, run one booking from publication to a full refund (the booking
+//! steps through the library, the Stripe events as signed HTTP webhooks to a
+//! server started on a free port), check each step, verify chain and
+//! projections.
 
+use crate::config::{Config, Secret};
 use crate::domain::decide::{BindPaymentIntent, PublishTrip, RequestBooking};
 use crate::domain::{Command, Currency, PaymentStatus, Source};
+use crate::http::{self, AppState};
 use crate::store::chain::ChainKey;
 use crate::store::migrations::Dialect;
 use crate::store::verify::verify;
 use crate::store::{self, EventStore, Submission};
-use crate::stripe::parse_event;
-use chrono::{Duration, TimeZone, Utc};
+use crate::stripe::signature;
+use chrono::{Duration, Utc};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -91,17 +95,53 @@ impl TempDatabase {
 }
 
 /// Runs the smoke scenario; returns a one-line summary.
-pub async fn run(configured_url: &str, chain_key: ChainKey) -> Result<String, SmokeError> {
-    let db = TempDatabase::create(configured_url).await?;
-    let result = scenario(db.url(), chain_key).await;
+pub async fn run(config: &Config) -> Result<String, SmokeError> {
+    let db = TempDatabase::create(&config.database_url).await?;
+    let result = scenario(db.url(), config).await;
     db.drop_database().await;
     result
 }
 
-async fn scenario(url: &str, chain_key: ChainKey) -> Result<String, SmokeError> {
+async fn scenario(url: &str, config: &Config) -> Result<String, SmokeError> {
+    let chain_key: ChainKey = config.encryption_key.chain_key();
     let store = store::open(url, chain_key.clone())
         .await
         .map_err(|e| fail("open and migrate")(e.to_string()))?;
+    // The server signs with the configured secret, or a throwaway one when
+    // none is configured (production without STRIPE_WEBHOOK_SECRET).
+    let mut server_config = config.clone();
+    server_config.database_url = url.to_string();
+    server_config.stripe_livemode = false;
+    if server_config.webhook_secrets.is_empty() {
+        server_config.webhook_secrets = vec![Secret::new(format!(
+            "whsec_smoke_{}",
+            uuid::Uuid::new_v4().simple()
+        ))];
+    }
+    let secret = server_config.webhook_secrets[0].clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| fail("bind a free port")(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| fail("bind a free port")(e.to_string()))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let state = AppState::new(store.clone(), Arc::new(server_config));
+    let server = tokio::spawn(http::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    let result = steps(&store, &secret, &format!("http://{addr}"), &chain_key).await;
+    let _ = stop.send(());
+    let _ = server.await;
+    result
+}
+
+async fn steps(
+    store: &Arc<dyn EventStore>,
+    secret: &Secret,
+    base: &str,
+    chain_key: &ChainKey,
+) -> Result<String, SmokeError> {
     let zar = Currency::parse("zar").map_err(fail("currency"))?;
     let now = store::now();
     let submit = |store: Arc<dyn EventStore>, step: &'static str, command: Command| async move {
@@ -197,27 +237,32 @@ async fn scenario(url: &str, chain_key: ChainKey) -> Result<String, SmokeError> 
             9000,
         ),
     ];
+    let client = reqwest::Client::new();
     for (step, id, kind, offset, object, status, refunded) in steps {
         let body = json!({"id": id, "object": "event", "type": kind, "livemode": false,
             "created": created + offset, "data": {"object": object}});
         let raw = serde_json::to_vec(&body).map_err(|e| fail(step)(e.to_string()))?;
-        let fact = parse_event(&raw, false).map_err(|e| fail(step)(e.to_string()))?;
-        let at = Utc
-            .timestamp_opt(created + offset, 0)
-            .single()
-            .unwrap_or(now);
-        store
-            .submit(Submission::new(
-                Command::RecordStripeEvent(fact),
-                Source::StripeWebhook,
-                at,
-            ))
+        let header = signature::header(secret.expose(), Utc::now().timestamp(), &raw);
+        let response = client
+            .post(format!("{base}/api/payments/webhook"))
+            .header("content-type", "application/json")
+            .header("stripe-signature", header)
+            .body(raw)
+            .send()
             .await
             .map_err(|e| fail(step)(e.to_string()))?;
+        let code = response.status();
+        let answer: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| fail(step)(e.to_string()))?;
+        if !code.is_success() || answer != json!({"received": true}) {
+            return Err(fail(step)(format!("webhook answered {code} {answer}")));
+        }
         expect_status(store.as_ref(), step, status, refunded).await?;
     }
 
-    let report = verify(store.as_ref(), &chain_key)
+    let report = verify(store.as_ref(), chain_key)
         .await
         .map_err(|e| fail("verify")(e.to_string()))?;
     if !report.is_ok() {

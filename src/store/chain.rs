@@ -19,21 +19,24 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 pub struct ChainKey([u8; 32]);
 
 impl ChainKey {
-    /// Derives the chain key from the 32-byte master key, so the same
-    /// secret never serves two purposes directly.
-    pub fn derive(master: &[u8; 32]) -> Self {
-        Self(derive_subkey(master, b"klubz-ledger/chain/v1"))
+    /// The chain key itself (see [`crate::crypto::MasterKey::chain_key`]).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
     }
-}
 
-/// HMAC-SHA256(master, label): a labelled sub-key.
-pub fn derive_subkey(master: &[u8; 32], label: &[u8]) -> [u8; 32] {
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(master).unwrap_or_else(|_| {
-        // HMAC accepts keys of any length; this branch cannot be taken.
-        unreachable!("hmac accepts any key length")
-    });
-    mac.update(label);
-    mac.finalize().into_bytes().into()
+    /// Derives the chain key from raw master-key bytes (tests, benches).
+    pub fn derive(master: &[u8; 32]) -> Self {
+        crate::crypto::MasterKey::from_bytes(*master).chain_key()
+    }
+
+    /// A value a database remembers on first open: another key gives
+    /// another value, so opening with the wrong `ENCRYPTION_KEY` is refused.
+    pub fn check_value(&self) -> String {
+        hex::encode(crate::crypto::hmac_sha256(
+            &self.0,
+            b"klubz-ledger/key-check/v1",
+        ))
+    }
 }
 
 impl fmt::Debug for ChainKey {
@@ -63,8 +66,9 @@ pub struct LinkFields<'a> {
 }
 
 pub fn link_hash(key: &ChainKey, f: &LinkFields<'_>) -> String {
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(&key.0)
-        .unwrap_or_else(|_| unreachable!("hmac accepts any key length"));
+    let Ok(mut mac) = <HmacSha256 as Mac>::new_from_slice(&key.0) else {
+        unreachable!("HMAC accepts keys of any length")
+    };
     let version = f.stream_version.to_string();
     let payload_digest = sha256_hex(f.payload.as_bytes());
     let raw_digest = f.raw_payload.map(sha256_hex).unwrap_or_default();

@@ -126,6 +126,11 @@ pub enum StoreError {
     Backend(#[from] sqlx::Error),
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database was written under another `ENCRYPTION_KEY`.
+    #[error(
+        "ENCRYPTION_KEY does not match the key this database was created with; refusing to open it"
+    )]
+    WrongKey,
 }
 
 /// An event row as stored.
@@ -219,6 +224,10 @@ pub trait EventStore: Send + Sync {
 
     /// Outbox message keys for a booking (side effects produced so far).
     async fn outbox_keys(&self, booking_id: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Whether operators paused side effects: the latest pause or resume
+    /// event of the operator stream decides.
+    async fn side_effects_paused(&self) -> Result<bool, StoreError>;
 }
 
 /// Opens the store named by a `DATABASE_URL`, migrating it first.
@@ -240,6 +249,19 @@ pub async fn open(
         ))
     }
 }
+
+/// Compares the key-check value stored at first open with ours.
+pub(crate) fn check_key(stored: Option<String>, ours: &str) -> Result<(), StoreError> {
+    match stored {
+        Some(v) if v != ours => Err(StoreError::WrongKey),
+        _ => Ok(()),
+    }
+}
+
+/// SQL both backends use to remember the key-check value.
+pub(crate) const KEY_CHECK_SELECT: &str = "SELECT value FROM ledger_meta WHERE key = 'key_check'";
+pub(crate) const KEY_CHECK_INSERT: &str =
+    "INSERT INTO ledger_meta (key, value) VALUES ('key_check', $1) ON CONFLICT (key) DO NOTHING";
 
 /// Now, at the precision both backends store (microseconds), so a time
 /// read back equals the time written and hashed.

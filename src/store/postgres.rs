@@ -67,6 +67,15 @@ impl PgStore {
     ) -> Result<Self, StoreError> {
         let pool = Self::connect(url, options.max_connections).await?;
         migrator(Dialect::Postgres).run(&pool).await?;
+        let ours = chain_key.check_value();
+        sqlx::query(super::KEY_CHECK_INSERT)
+            .bind(&ours)
+            .execute(&pool)
+            .await?;
+        let stored: Option<String> = sqlx::query_scalar(super::KEY_CHECK_SELECT)
+            .fetch_optional(&pool)
+            .await?;
+        super::check_key(stored, &ours)?;
         let runner = Arc::new(PgRunner {
             pool: pool.clone(),
             chain_key,
@@ -690,5 +699,12 @@ impl EventStore for PgStore {
         .bind(booking_id)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    async fn side_effects_paused(&self) -> Result<bool, StoreError> {
+        let kind: Option<String> = sqlx::query_scalar(super::sql::LAST_PAUSE_OR_RESUME)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(kind.as_deref() == Some("SideEffectsPaused"))
     }
 }

@@ -25,3 +25,8 @@ pub(crate) fn booking_history_sql() -> String {
          ORDER BY seq"
     )
 }
+
+/// The latest pause/resume event of the operator stream.
+pub(crate) const LAST_PAUSE_OR_RESUME: &str = "SELECT kind FROM events \
+    WHERE stream = 'operator:ledger' AND kind IN ('SideEffectsPaused', 'SideEffectsResumed') \
+    ORDER BY stream_version DESC LIMIT 1";

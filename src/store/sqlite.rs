@@ -59,6 +59,15 @@ impl SqliteStore {
         let opts = options(url)?;
         let mut conn = SqliteConnection::connect_with(&opts).await?;
         migrator(Dialect::Sqlite).run(&mut conn).await?;
+        let ours = chain_key.check_value();
+        sqlx::query(super::KEY_CHECK_INSERT)
+            .bind(&ours)
+            .execute(&mut conn)
+            .await?;
+        let stored: Option<String> = sqlx::query_scalar(super::KEY_CHECK_SELECT)
+            .fetch_optional(&mut conn)
+            .await?;
+        super::check_key(stored, &ours)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
@@ -639,5 +648,12 @@ impl EventStore for SqliteStore {
         .bind(booking_id)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    async fn side_effects_paused(&self) -> Result<bool, StoreError> {
+        let kind: Option<String> = sqlx::query_scalar(super::sql::LAST_PAUSE_OR_RESUME)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(kind.as_deref() == Some("SideEffectsPaused"))
     }
 }

@@ -1,7 +1,7 @@
-//! Stripe at the edge: reading Stripe's event JSON into domain facts.
-//! (Signature verification and the HTTP gateway join this module with the
-//! webhook and payment-intent work.)
+//! Stripe at the edge: webhook signatures (`signature`) and reading
+//! Stripe's event JSON into domain facts (`event`).
 
 pub mod event;
+pub mod signature;
 
 pub use event::{parse_event, ParseError};

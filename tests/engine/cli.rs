@@ -61,28 +61,25 @@ fn check_migrations_passes_on_the_real_tree() {
 
 #[test]
 fn check_migrations_names_a_gap_a_duplicate_and_a_one_dialect_file() {
+    let existing = std::fs::read_dir(repo_migrations().join("sqlite"))
+        .unwrap()
+        .count();
+    let gap = format!("{:04}_late.sql", existing + 2);
+    let one_dialect = format!("{:04}_only_here.sql", existing + 1);
     // (case, files to add as (dialect, name), the file the error must name)
-    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
     let cases: [Case; 3] = [
-        (
-            "gap",
-            &[("sqlite", "0004_late.sql"), ("postgres", "0004_late.sql")],
-            "0004_late.sql",
-        ),
+        ("gap", vec![("sqlite", &gap), ("postgres", &gap)], &gap),
         (
             "duplicate",
-            &[("sqlite", "0002_again.sql"), ("postgres", "0002_again.sql")],
+            vec![("sqlite", "0002_again.sql"), ("postgres", "0002_again.sql")],
             "0002_again.sql",
         ),
-        (
-            "one dialect",
-            &[("sqlite", "0003_only_here.sql")],
-            "0003_only_here.sql",
-        ),
+        ("one dialect", vec![("sqlite", &one_dialect)], &one_dialect),
     ];
     for (name, files, named) in cases {
         let tree = copy_tree();
-        for (dialect, file) in files {
+        for (dialect, file) in &files {
             std::fs::write(
                 tree.path().join("migrations").join(dialect).join(file),
                 "SELECT 1;",

@@ -1,0 +1,106 @@
+//! The one API error type: a status, a stable machine `code` (CONTRACT.md)
+//! and a message, rendered as `{"error":{"code","message","requestId"}}`.
+//! Internal details are logged by the middleware, never sent.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+tokio::task_local! {
+    /// The current request's id, set by the request middleware.
+    pub static REQUEST_ID: String;
+}
+
+/// The current request's id ("" outside a request).
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
+/// Attached to error responses so the middleware can log the code.
+#[derive(Debug, Clone)]
+pub struct ErrorCode(pub &'static str);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", message)
+    }
+
+    pub fn signature_invalid() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "WEBHOOK_SIGNATURE_INVALID",
+            "the Stripe-Signature header is missing, malformed, stale or does not match",
+        )
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("{what} not found"),
+        )
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("body exceeds {limit} bytes"),
+        )
+    }
+
+    pub fn storage_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "STORAGE_UNAVAILABLE",
+            "storage is unavailable; nothing was recorded, retry later",
+        )
+    }
+
+    pub fn configuration(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "CONFIGURATION_ERROR",
+            message,
+        )
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "internal error; it has been logged",
+        )
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {
+            "code": self.code,
+            "message": self.message,
+            "requestId": current_request_id(),
+        }})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        response.extensions_mut().insert(ErrorCode(self.code));
+        response
+    }
+}

@@ -1,0 +1,136 @@
+//! `POST /api/payments/webhook`: Stripe's deliveries.
+//!
+//! Order matters: size limit, then the signature over the raw bytes (before
+//! any parsing), then lenient parsing, then one durable append (the raw body
+//! encrypted) that recomputes the booking it binds to. The answer is sent
+//! only after the commit, so a 2xx always means durable.
+
+use super::{current_request_id, ApiError, AppState, BODY_LIMIT};
+use crate::domain::{Command, OutcomeKind, Source};
+use crate::store::{StoreError, Submission, SubmitError};
+use crate::stripe::{parse_event, signature};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::Json;
+use chrono::{TimeZone, Utc};
+use serde_json::{json, Value};
+
+pub async fn receive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let m = &state.metrics;
+    if state.config.webhook_secrets.is_empty() {
+        m.incr("webhook.configuration_error");
+        return Err(ApiError::configuration(
+            "STRIPE_WEBHOOK_SECRET is not configured; webhooks are refused",
+        ));
+    }
+    // Refuse an announced oversize body before reading any of it.
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|n| n > BODY_LIMIT) {
+        m.incr("webhook.too_large");
+        return Err(ApiError::payload_too_large(BODY_LIMIT));
+    }
+    let bytes = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
+        m.incr("webhook.too_large");
+        ApiError::payload_too_large(BODY_LIMIT)
+    })?;
+
+    let secrets: Vec<&str> = state
+        .config
+        .webhook_secrets
+        .iter()
+        .map(|s| s.expose())
+        .collect();
+    let signature_header = headers
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok());
+    let now = Utc::now().timestamp();
+    let tolerance = i64::try_from(state.config.webhook_tolerance_secs).unwrap_or(i64::MAX);
+    let verified = signature::verify(signature_header, &bytes, &secrets, now, tolerance)
+        .map_err(|e| {
+            m.incr("security.signature_failures");
+            m.incr(&format!("security.signature_failures.{e:?}"));
+            tracing::warn!(requestId = %current_request_id(), reason = %e, "webhook signature rejected");
+            ApiError::signature_invalid()
+        })?;
+    if verified.clock_skew {
+        m.incr("webhook.clock_skew");
+    }
+
+    let fact = parse_event(&bytes, state.config.stripe_livemode).map_err(|e| {
+        m.incr("webhook.invalid_body");
+        ApiError::validation(format!("authentic body is not a Stripe event: {e}"))
+    })?;
+    let event_id = fact.event_id.clone();
+    let event_type = fact.event_type.clone();
+    let occurred = Utc
+        .timestamp_opt(fact.created, 0)
+        .single()
+        .unwrap_or_else(Utc::now);
+    let submission = Submission::new(
+        Command::RecordStripeEvent(fact),
+        Source::StripeWebhook,
+        occurred,
+    )
+    .with_raw_payload(state.cipher.encrypt(&bytes));
+
+    match state.store.submit(submission).await {
+        Ok(done) if done.duplicate => {
+            m.incr("webhook.replay");
+            Ok(Json(json!({"received": true, "replay": true})))
+        }
+        Ok(done) => {
+            let outcome = done.outcome.as_ref();
+            match outcome.map(|o| (o.outcome, o.reason.as_deref())) {
+                Some((OutcomeKind::Applied | OutcomeKind::Noop, _)) => {
+                    m.incr("webhook.applied");
+                    tracing::info!(requestId = %current_request_id(), eventId = %event_id, eventType = %event_type, seq = done.seq, "webhook applied");
+                    Ok(Json(json!({"received": true})))
+                }
+                Some((_, reason)) => {
+                    let reason = reason.unwrap_or("invalid_transition");
+                    m.incr(&format!("webhook.ignored.{reason}"));
+                    tracing::info!(requestId = %current_request_id(), eventId = %event_id, eventType = %event_type, seq = done.seq, reason, "webhook stored, not applied");
+                    Ok(Json(
+                        json!({"received": true, "ignored": true, "reason": reason}),
+                    ))
+                }
+                None => {
+                    m.incr("webhook.applied");
+                    Ok(Json(json!({"received": true})))
+                }
+            }
+        }
+        // The id is stored, with a different body: we hold this event
+        // already; acknowledge, and count it as a security signal.
+        Err(SubmitError::IdempotencyConflict { .. }) => {
+            m.incr("webhook.replay");
+            m.incr("security.idempotency_conflicts");
+            tracing::warn!(requestId = %current_request_id(), eventId = %event_id, "webhook event id stored before with different content");
+            Ok(Json(json!({"received": true, "replay": true})))
+        }
+        Err(SubmitError::Store(e)) => {
+            m.incr("webhook.storage_unavailable");
+            tracing::warn!(requestId = %current_request_id(), error = %e, eventId = %event_id, "webhook not stored: storage unavailable");
+            Err(storage_error(e))
+        }
+        Err(e) => {
+            tracing::error!(requestId = %current_request_id(), error = %e, eventId = %event_id, "webhook refused by the domain");
+            Err(ApiError::internal())
+        }
+    }
+}
+
+fn storage_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Corrupt(_) | StoreError::WrongKey => ApiError::internal(),
+        _ => ApiError::storage_unavailable(),
+    }
+}
