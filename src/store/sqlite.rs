@@ -43,20 +43,33 @@ struct SqliteRunner {
     chain_key: ChainKey,
 }
 
-fn options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
+/// How long a writer waits for another process's write lock before the
+/// submission fails (and the caller answers 503).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn options(url: &str, busy_timeout: Duration) -> Result<SqliteConnectOptions, StoreError> {
     Ok(SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         // FULL: a commit is on disk before it returns (invariant 1).
         .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(10))
+        .busy_timeout(busy_timeout)
         .foreign_keys(true))
 }
 
 impl SqliteStore {
     /// Opens (creating if missing) and migrates the database.
     pub async fn open(url: &str, chain_key: ChainKey) -> Result<Self, StoreError> {
-        let opts = options(url)?;
+        Self::open_with(url, chain_key, BUSY_TIMEOUT).await
+    }
+
+    /// `open` with another busy timeout (tests of a locked database).
+    pub async fn open_with(
+        url: &str,
+        chain_key: ChainKey,
+        busy_timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let opts = options(url, busy_timeout)?;
         let mut conn = SqliteConnection::connect_with(&opts).await?;
         migrator(Dialect::Sqlite).run(&mut conn).await?;
         let ours = chain_key.check_value();
@@ -84,7 +97,7 @@ impl SqliteStore {
 
     /// Applies pending migrations and returns.
     pub async fn migrate(url: &str) -> Result<(), StoreError> {
-        let mut conn = SqliteConnection::connect_with(&options(url)?).await?;
+        let mut conn = SqliteConnection::connect_with(&options(url, BUSY_TIMEOUT)?).await?;
         migrator(Dialect::Sqlite).run(&mut conn).await?;
         conn.close().await?;
         Ok(())

@@ -175,3 +175,203 @@ fn production_without_secrets_refuses_to_start_naming_the_variable() {
     assert!(!stderr.contains(secret));
     assert!(!dir.path().join("klubz-ledger.secrets").exists());
 }
+
+/// A `klubz-ledger serve` child process and its captured stdout.
+struct Server {
+    child: tokio::process::Child,
+    base: String,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+async fn start_server(dir: &Path, env: &[(&str, &str)]) -> Server {
+    use tokio::io::AsyncBufReadExt;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_klubz-ledger"));
+    cmd.arg("serve")
+        .current_dir(dir)
+        .env("BIND_ADDR", "127.0.0.1:0")
+        .env("LOG_FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawn serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel::<String>();
+    let sink = lines.clone();
+    tokio::spawn(async move {
+        let mut addr_tx = Some(addr_tx);
+        let mut reader = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            if line.contains("klubz-ledger listening") {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if let (Some(tx), Some(a)) = (addr_tx.take(), v["address"].as_str()) {
+                    let _ = tx.send(a.to_string());
+                }
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let addr = addr_rx.await.expect("server printed its address");
+    Server {
+        child,
+        base: format!("http://{addr}"),
+        lines,
+    }
+}
+
+impl Server {
+    /// Stops the server (SIGTERM, graceful) and returns everything it logged.
+    async fn stop(mut self) -> Vec<String> {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+        }
+        let _ = self.child.wait().await;
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+const CLI_SECRET: &str = "whsec_test_cli_secret_value_42";
+
+fn signed(body: &[u8]) -> String {
+    klubz_ledger::stripe::signature::header(CLI_SECRET, chrono::Utc::now().timestamp(), body)
+}
+
+#[tokio::test]
+async fn serve_logs_follow_the_contract_and_never_leak_secrets_signatures_or_pii() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), &[("STRIPE_WEBHOOK_SECRET", CLI_SECRET)]).await;
+    let client = reqwest::Client::new();
+    let email = "leaky.rider@example.com";
+    let body = serde_json::to_vec(&serde_json::json!({
+        "id": "evt_cli_1", "object": "event", "type": "payment_intent.succeeded",
+        "created": 1_790_000_000, "livemode": false,
+        "data": {"object": {"id": "pi_cli", "object": "payment_intent", "amount": 100,
+            "currency": "zar", "receipt_email": email}}
+    }))
+    .unwrap();
+    let good = signed(&body);
+    let url = format!("{}/api/payments/webhook", server.base);
+    let ok = client
+        .post(&url)
+        .header("stripe-signature", &good)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let forged = "t=1790000000,v1=deadbeefdeadbeefdeadbeefdeadbeefdeadbeefdeadbeefdeadbeefdeadbeef";
+    let bad = client
+        .post(&url)
+        .header("stripe-signature", forged)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let health = client
+        .get(format!("{}/health", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    let lines = server.stop().await;
+    let all = lines.join("\n");
+    assert!(!all.contains(CLI_SECRET), "the webhook secret was logged");
+    let signature_hex = good.split("v1=").nth(1).unwrap();
+    assert!(!all.contains(signature_hex), "a signature was logged");
+    assert!(
+        !all.contains("deadbeefdeadbeef"),
+        "a forged signature was logged"
+    );
+    assert!(!all.contains(email), "payload PII was logged");
+    let mut types = std::collections::BTreeSet::new();
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+        if let Some(t) = v["type"].as_str() {
+            types.insert(t.to_string());
+            assert!(
+                v["requestId"].is_string() && v["method"].is_string() && v["path"].is_string(),
+                "{line}"
+            );
+        }
+    }
+    for t in ["request", "response", "handled"] {
+        assert!(types.contains(t), "no {t} line in {types:?}");
+    }
+    let handled: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains("\"type\":\"handled\""))
+        .collect();
+    assert!(handled
+        .iter()
+        .any(|l| l.contains("WEBHOOK_SIGNATURE_INVALID") && l.contains("\"status\":400")));
+}
+
+#[tokio::test]
+async fn two_serve_processes_on_one_postgres_database_store_an_event_once() {
+    let url = crate::helpers::create_pg_database().await;
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("STRIPE_WEBHOOK_SECRET", CLI_SECRET),
+    ];
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // The same ENCRYPTION_KEY for both (it is checked against the database).
+    let key = "1f".repeat(32);
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .copied()
+        .chain([
+            ("ENCRYPTION_KEY", key.as_str()),
+            ("JWT_SECRET", "cli-test-jwt-secret-0123456789abcdef"),
+        ])
+        .collect();
+    let a = start_server(d1.path(), &env).await;
+    let b = start_server(d2.path(), &env).await;
+    let body = serde_json::to_vec(&serde_json::json!({
+        "id": "evt_two_procs", "object": "event", "type": "payment_intent.processing",
+        "created": 1_790_000_000, "livemode": false,
+        "data": {"object": {"id": "pi_two", "object": "payment_intent", "amount": 100, "currency": "zar"}}
+    }))
+    .unwrap();
+    let sig = signed(&body);
+    let client = reqwest::Client::new();
+    let posts: Vec<_> = (0..20)
+        .map(|i| {
+            let base = if i % 2 == 0 { &a.base } else { &b.base };
+            client
+                .post(format!("{base}/api/payments/webhook"))
+                .header("stripe-signature", &sig)
+                .body(body.clone())
+                .send()
+        })
+        .collect();
+    let mut fresh = 0;
+    for r in futures::future::join_all(posts).await {
+        let r = r.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        if v.get("replay").is_none() {
+            fresh += 1;
+        }
+    }
+    assert_eq!(
+        fresh, 1,
+        "one process stores it, every other answer is a replay"
+    );
+    a.stop().await;
+    b.stop().await;
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE idempotency_key = 'stripe:evt_two_procs'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(n, 1);
+}

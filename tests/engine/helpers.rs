@@ -55,6 +55,33 @@ impl TestDb {
         }
     }
 
+    /// Another handle on the same database with its own store: a second
+    /// engine process, as far as the database can tell.
+    pub async fn share(&self) -> TestDb {
+        TestDb {
+            backend: self.backend,
+            url: self.url.clone(),
+            store: self.open_another().await,
+            _dir: None,
+        }
+    }
+
+    /// A SQLite database whose writer gives up after `busy` when another
+    /// connection holds the write lock.
+    pub async fn sqlite_with_busy_timeout(busy: std::time::Duration) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("test.db").display());
+        let store = klubz_ledger::store::sqlite::SqliteStore::open_with(&url, chain_key(), busy)
+            .await
+            .expect("open sqlite");
+        Self {
+            backend: Backend::Sqlite,
+            url,
+            store: Arc::new(store),
+            _dir: Some(dir),
+        }
+    }
+
     /// A second, independent store on the same database (another process,
     /// as far as the database can tell).
     pub async fn open_another(&self) -> Arc<dyn EventStore> {

@@ -701,3 +701,22 @@ pub async fn read_apis_page_and_stream_in_order(backend: Backend) {
         .enumerate()
         .all(|(i, e)| e.stream_version == i as i64 + 1));
 }
+
+on_both_backends!(store:
+    idempotent_append_under_50_concurrent_tasks,
+    same_key_other_payload_is_a_conflict,
+    per_stream_version_conflicts,
+    payment_lifecycle_with_partial_and_full_refund,
+    late_binding_applies_stored_events,
+    mismatched_events_are_stored_with_reasons,
+    no_downgrade_after_paid,
+    reversed_refund_gives_its_amount_back,
+    projection_equals_fold_after_random_histories,
+    chain_detects_edited_payload,
+    chain_detects_deleted_event,
+    chain_detects_swapped_pair,
+    no_overbooking_under_concurrent_accepts,
+    restart_loses_nothing_committed,
+    second_process_shares_the_log,
+    read_apis_page_and_stream_in_order,
+);
