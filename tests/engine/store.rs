@@ -702,6 +702,83 @@ pub async fn read_apis_page_and_stream_in_order(backend: Backend) {
         .all(|(i, e)| e.stream_version == i as i64 + 1));
 }
 
+/// Side effects follow real transitions, once: a superseded intent that
+/// also took money, and a cancelled paid booking, each yield one
+/// `refund_required`, however often events are redelivered.
+pub async fn side_effects_are_produced_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    db.accepted_booking().await;
+    db.bind("b1", "u1", "pi_1", 2000).await.unwrap();
+    db.stripe(&event(
+        "evt_f1",
+        "payment_intent.payment_failed",
+        1,
+        intent("pi_1", 2000),
+    ))
+    .await
+    .unwrap();
+    db.bind("b1", "u1", "pi_2", 2000).await.unwrap();
+    db.stripe(&event(
+        "evt_s2",
+        "payment_intent.succeeded",
+        2,
+        intent("pi_2", 2000),
+    ))
+    .await
+    .unwrap();
+    assert!(db.store.outbox_keys("b1").await.unwrap().is_empty());
+    // The first intent succeeds after all (a retried card): it was bound
+    // first and took money, so it pays; the second must be refunded.
+    for _ in 0..3 {
+        db.stripe(&event(
+            "evt_s1",
+            "payment_intent.succeeded",
+            3,
+            intent("pi_1", 2000),
+        ))
+        .await
+        .unwrap();
+        db.stripe(&event(
+            "evt_s2",
+            "payment_intent.succeeded",
+            2,
+            intent("pi_2", 2000),
+        ))
+        .await
+        .unwrap();
+    }
+    let b = db.store.booking("b1").await.unwrap().unwrap();
+    assert_eq!(
+        (b.payment_status, b.payment_intent_id.as_deref()),
+        (PaymentStatus::Paid, Some("pi_1"))
+    );
+    assert_eq!(
+        db.store.outbox_keys("b1").await.unwrap(),
+        vec!["refund_required:pi_2".to_string()]
+    );
+    // Cancelling the paid booking asks for the refund of the paying intent.
+    db.submit(Command::CancelBooking {
+        booking_id: "b1".into(),
+        actor: "u1".into(),
+    })
+    .await
+    .unwrap();
+    db.submit(Command::CancelBooking {
+        booking_id: "b1".into(),
+        actor: "u1".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        db.store.outbox_keys("b1").await.unwrap(),
+        vec![
+            "refund_required:pi_1".to_string(),
+            "refund_required:pi_2".to_string()
+        ]
+    );
+    assert_verified(&db).await;
+}
+
 on_both_backends!(store:
     idempotent_append_under_50_concurrent_tasks,
     same_key_other_payload_is_a_conflict,
@@ -719,4 +796,5 @@ on_both_backends!(store:
     restart_loses_nothing_committed,
     second_process_shares_the_log,
     read_apis_page_and_stream_in_order,
+    side_effects_are_produced_once,
 );
