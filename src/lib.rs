@@ -21,6 +21,7 @@
 //! to handle them (a domain refusal changes nothing; a storage error means
 //! "retry later"). Only the binaries use `anyhow`.
 
+pub mod auth;
 pub mod config;
 pub mod crypto;
 pub mod domain;

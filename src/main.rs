@@ -39,6 +39,21 @@ enum Cmd {
         #[arg(long, default_value = "migrations")]
         dir: PathBuf,
     },
+    /// Print a bearer token signed with the configured JWT_SECRET.
+    Token {
+        /// The user id (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// user | admin | super_admin
+        #[arg(long)]
+        role: String,
+        /// The organisation (`orgId`).
+        #[arg(long)]
+        org: Option<String>,
+        /// Lifetime: 90s, 15m, 1h, 2d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
     /// Run one booking from publication to full refund on a fresh temporary
     /// database of the configured kind, verify, and print `smoke ok`.
     Smoke,
@@ -73,6 +88,12 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Serve => serve(config).await,
         Cmd::SignWebhook { file } => sign_webhook(&config, &file),
+        Cmd::Token {
+            sub,
+            role,
+            org,
+            ttl,
+        } => token(&config, &sub, &role, org.as_deref(), &ttl),
         Cmd::Migrate => migrate(&config).await,
         Cmd::CheckMigrations { dir } => check_migrations(&config, &dir).await,
         Cmd::Smoke => smoke(&config).await,
@@ -109,6 +130,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "klubz-ledger listening"
     );
     let state = klubz_ledger::http::AppState::new(store, std::sync::Arc::new(config));
+    match state.gateway.as_ref().map(|g| g.name()) {
+        Some("offline") => tracing::warn!(
+            "OFFLINE PAYMENT GATEWAY (development): no STRIPE_SECRET_KEY, PaymentIntents are minted locally as pi_offline_… and no money moves"
+        ),
+        None => tracing::error!(
+            variable = "STRIPE_SECRET_KEY",
+            "not configured in production: POST /api/payments/intent answers 503 PAYMENT_UNAVAILABLE"
+        ),
+        Some(_) => {}
+    }
     klubz_ledger::http::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
@@ -134,6 +165,27 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
+}
+
+fn token(
+    config: &Config,
+    sub: &str,
+    role: &str,
+    org: Option<&str>,
+    ttl: &str,
+) -> anyhow::Result<()> {
+    let role = klubz_ledger::auth::Role::parse(role)
+        .context("--role must be user, admin or super_admin")?;
+    let ttl =
+        klubz_ledger::auth::parse_ttl(ttl).context("--ttl must look like 90s, 15m, 1h or 2d")?;
+    anyhow::ensure!(
+        !sub.is_empty() && sub.len() <= 128,
+        "--sub must be 1 to 128 characters"
+    );
+    let now = chrono::Utc::now().timestamp();
+    let token = klubz_ledger::auth::mint(config.jwt_secret.expose(), sub, role, org, now, ttl)?;
+    println!("{token}");
+    Ok(())
 }
 
 fn sign_webhook(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {

@@ -48,6 +48,35 @@ impl ApiError {
         )
     }
 
+    pub fn authentication(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "AUTHENTICATION_ERROR", message)
+    }
+
+    pub fn authorization(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "AUTHORIZATION_ERROR", message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "CONFLICT", message)
+    }
+
+    pub fn idempotency_conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "IDEMPOTENCY_CONFLICT", message)
+    }
+
+    pub fn payment_unavailable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "PAYMENT_UNAVAILABLE",
+            message,
+        )
+    }
+
+    /// Stripe refused the request: a bad gateway from the caller's view.
+    pub fn payment_gateway(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "PAYMENT_GATEWAY_ERROR", message)
+    }
+
     pub fn not_found(what: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

@@ -40,6 +40,9 @@ pub async fn request_context(State(state): State<AppState>, req: Request, next: 
     if status.is_client_error() || status.is_server_error() {
         state.metrics.incr("http.errors");
     }
+    if status.is_server_error() {
+        state.metrics.incr("http.server_errors");
+    }
     let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
     if let Some(code) = code {
         state.metrics.incr(&format!("http.error.{code}"));

@@ -1,19 +1,32 @@
 //! HTTP: the only module that knows axum and status codes. Each resource
 //! owns its routes; handlers parse, call the store or domain, map errors.
 
+mod access;
+mod bookings;
 mod error;
+mod extract;
 mod health;
+mod idempotency;
 pub mod metrics;
 mod middleware;
+mod monitoring;
+mod payments;
+mod trips;
+mod views;
 mod webhook;
 
 pub use error::{current_request_id, ApiError};
 
-use crate::config::Config;
+use crate::config::{Config, Environment};
 use crate::crypto::PayloadCipher;
-use crate::store::EventStore;
+use crate::domain::{Command, DomainError, Source, TripState};
+use crate::projection::BookingView;
+use crate::store::{EventStore, StoreError, Submission, SubmitError, Submitted};
+use crate::stripe::gateway::{OfflineGateway, PaymentGateway, StripeGateway};
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Json, Router};
 use metrics::Metrics;
 use std::future::Future;
 use std::sync::Arc;
@@ -21,6 +34,9 @@ use tokio::net::TcpListener;
 
 /// Webhook and API body limit (CONTRACT.md): 1 MiB.
 pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// The log position a response reflects.
+pub const LEDGER_SEQ: &str = "x-ledger-seq";
 
 /// What every handler may use.
 #[derive(Clone)]
@@ -34,23 +50,126 @@ pub struct AppState {
     pub cipher: PayloadCipher,
     /// This process's counters and latencies.
     pub metrics: Arc<Metrics>,
+    /// Creates PaymentIntents; `None` in production without
+    /// `STRIPE_SECRET_KEY` (the intent route answers 503).
+    pub gateway: Option<Arc<dyn PaymentGateway>>,
 }
 
 impl AppState {
+    /// The gateway follows the configuration: Stripe with a secret key, the
+    /// offline development gateway without one (never in production).
     pub fn new(store: Arc<dyn EventStore>, config: Arc<Config>) -> Self {
+        let gateway: Option<Arc<dyn PaymentGateway>> =
+            match (&config.stripe_secret_key, config.environment) {
+                (Some(key), _) => Some(Arc::new(StripeGateway::new(
+                    &config.stripe_api_base,
+                    key.expose(),
+                ))),
+                (None, Environment::Production) => None,
+                (None, _) => Some(Arc::new(OfflineGateway::new(crate::crypto::hmac_sha256(
+                    config.jwt_secret.expose().as_bytes(),
+                    b"klubz-ledger/offline-gateway/v1",
+                )))),
+            };
+        Self::with_gateway(store, config, gateway)
+    }
+
+    pub fn with_gateway(
+        store: Arc<dyn EventStore>,
+        config: Arc<Config>,
+        gateway: Option<Arc<dyn PaymentGateway>>,
+    ) -> Self {
         Self {
             store,
             cipher: config.encryption_key.payload_cipher(),
             config,
             metrics: Arc::new(Metrics::default()),
+            gateway,
         }
     }
+}
+
+/// A command from the API, now.
+pub(crate) fn submission(command: Command) -> Submission {
+    Submission::new(command, Source::Api, crate::store::now())
+}
+
+/// Records a command; domain refusals and storage errors become API errors.
+pub(crate) async fn submit(state: &AppState, command: Command) -> Result<Submitted, ApiError> {
+    state
+        .store
+        .submit(submission(command))
+        .await
+        .map_err(submit_error)
+}
+
+pub(crate) fn submit_error(e: SubmitError) -> ApiError {
+    match e {
+        SubmitError::Domain(DomainError::Validation(m)) => ApiError::validation(m),
+        SubmitError::Domain(DomainError::NotFound(what)) => ApiError::not_found(what),
+        SubmitError::Domain(DomainError::Forbidden(m)) => ApiError::authorization(m),
+        SubmitError::Domain(DomainError::Conflict(m)) => ApiError::conflict(m),
+        SubmitError::Domain(e @ DomainError::IntentPending { .. }) => {
+            ApiError::conflict(e.to_string())
+        }
+        SubmitError::IdempotencyConflict { .. } | SubmitError::VersionConflict { .. } => {
+            ApiError::conflict(e.to_string())
+        }
+        SubmitError::Store(e) => store_error(e),
+    }
+}
+
+pub(crate) fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Corrupt(_) | StoreError::WrongKey => {
+            tracing::error!(error = %e, "stored data problem");
+            ApiError::internal()
+        }
+        _ => {
+            tracing::warn!(error = %e, "storage unavailable");
+            ApiError::storage_unavailable()
+        }
+    }
+}
+
+pub(crate) async fn load_trip(state: &AppState, trip_id: &str) -> Result<TripState, ApiError> {
+    state
+        .store
+        .trip(trip_id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::not_found("trip"))
+}
+
+pub(crate) async fn load_booking(
+    state: &AppState,
+    booking_id: &str,
+) -> Result<BookingView, ApiError> {
+    state
+        .store
+        .booking(booking_id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::not_found("booking"))
+}
+
+/// A read's JSON with the log position it reflects.
+pub(crate) fn read_response(body: serde_json::Value, seq: i64) -> Response {
+    let mut response = Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(LEDGER_SEQ, HeaderValue::from(seq));
+    response
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health::health))
         .route("/api/payments/webhook", post(webhook::receive))
+        .merge(trips::router())
+        .merge(bookings::router())
+        .merge(payments::router())
+        .merge(monitoring::router())
         .fallback(|| async { ApiError::not_found("route") })
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_panic: Box<dyn std::any::Any + Send>| {

@@ -176,6 +176,38 @@ pub struct TimelineEntry {
     pub outcome: Option<EventOutcome>,
 }
 
+/// Where an `Idempotency-Key` stands when a request arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyBegin {
+    /// New: this request runs and records its response.
+    Owned,
+    /// A request with this key finished: its fingerprint and response.
+    Completed {
+        fingerprint: String,
+        status: u16,
+        body: String,
+    },
+    /// A request with this key is still running.
+    InFlight { fingerprint: String },
+}
+
+/// How long keys are kept, and when a pending one counts as abandoned.
+pub const IDEMPOTENCY_RETENTION: chrono::Duration = chrono::Duration::hours(48);
+pub const IDEMPOTENCY_ABANDONED: chrono::Duration = chrono::Duration::minutes(5);
+
+/// Counts read from the database, for monitoring (they survive restarts).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerStats {
+    /// (kind, source, count)
+    pub events: Vec<(String, String, i64)>,
+    /// (outcome, reason, count)
+    pub outcomes: Vec<(String, Option<String>, i64)>,
+    /// Stripe events that bind to no booking.
+    pub unbound_events: i64,
+    /// (kind, sent, count)
+    pub outbox: Vec<(String, bool, i64)>,
+}
+
 /// The storage behind the engine. `Arc<dyn EventStore>` is what HTTP, the
 /// commands and the replay tool hold.
 #[async_trait]
@@ -228,6 +260,33 @@ pub trait EventStore: Send + Sync {
     /// Whether operators paused side effects: the latest pause or resume
     /// event of the operator stream decides.
     async fn side_effects_paused(&self) -> Result<bool, StoreError>;
+
+    /// A trip's bookings, by booking id.
+    async fn bookings_of_trip(&self, trip_id: &str) -> Result<Vec<BookingView>, StoreError>;
+
+    /// Counts for monitoring.
+    async fn stats(&self) -> Result<LedgerStats, StoreError>;
+
+    /// Claims `key` in `scope` for a request with `fingerprint`, or reports
+    /// what an earlier request with that key did.
+    async fn idempotency_begin(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+    ) -> Result<IdempotencyBegin, StoreError>;
+
+    /// Records the response of the request that owns the key.
+    async fn idempotency_finish(
+        &self,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Releases a key whose request failed without an answer worth keeping.
+    async fn idempotency_abandon(&self, scope: &str, key: &str) -> Result<(), StoreError>;
 }
 
 /// Opens the store named by a `DATABASE_URL`, migrating it first.

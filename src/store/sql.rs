@@ -30,3 +30,26 @@ pub(crate) fn booking_history_sql() -> String {
 pub(crate) const LAST_PAUSE_OR_RESUME: &str = "SELECT kind FROM events \
     WHERE stream = 'operator:ledger' AND kind IN ('SideEffectsPaused', 'SideEffectsResumed') \
     ORDER BY stream_version DESC LIMIT 1";
+
+pub(crate) const STATS_EVENTS: &str =
+    "SELECT kind, source, count(*) AS n FROM events GROUP BY kind, source ORDER BY kind, source";
+pub(crate) const STATS_OUTCOMES: &str =
+    "SELECT outcome, reason, count(*) AS n FROM event_outcomes \
+    GROUP BY outcome, reason ORDER BY outcome, reason";
+pub(crate) const STATS_UNBOUND: &str =
+    "SELECT count(*) FROM event_outcomes WHERE booking_id IS NULL AND outcome = 'excluded'";
+pub(crate) const STATS_OUTBOX: &str = "SELECT kind, sent_at IS NOT NULL AS sent, count(*) AS n \
+    FROM outbox GROUP BY kind, sent_at IS NOT NULL ORDER BY kind";
+pub(crate) const BOOKINGS_OF_TRIP: &str =
+    "SELECT * FROM trip_participants WHERE trip_id = $1 ORDER BY booking_id";
+pub(crate) const IDEMPOTENCY_PURGE: &str = "DELETE FROM idempotency_keys \
+    WHERE created_at < $1 OR (state = 'pending' AND created_at < $2)";
+pub(crate) const IDEMPOTENCY_CLAIM: &str = "INSERT INTO idempotency_keys \
+    (scope, key, fingerprint, state, created_at) VALUES ($1, $2, $3, 'pending', $4) \
+    ON CONFLICT (scope, key) DO NOTHING";
+pub(crate) const IDEMPOTENCY_READ: &str = "SELECT fingerprint, state, status, body \
+    FROM idempotency_keys WHERE scope = $1 AND key = $2";
+pub(crate) const IDEMPOTENCY_FINISH: &str = "UPDATE idempotency_keys \
+    SET state = 'done', status = $3, body = $4 WHERE scope = $1 AND key = $2";
+pub(crate) const IDEMPOTENCY_ABANDON: &str =
+    "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND state = 'pending'";

@@ -11,7 +11,8 @@ use super::unit::{
 };
 use super::writer::{BatchRunner, Writer};
 use super::{
-    now, EventStore, StoreError, StoredEvent, Submission, SubmitError, Submitted, TimelineEntry,
+    now, EventStore, IdempotencyBegin, LedgerStats, StoreError, StoredEvent, Submission,
+    SubmitError, Submitted, TimelineEntry,
 };
 use crate::domain::fold::OutcomeKind;
 use crate::domain::{BookingStatus, Currency, EventOutcome, PaymentStatus, TripState};
@@ -668,5 +669,121 @@ impl EventStore for SqliteStore {
             .fetch_optional(&self.pool)
             .await?;
         Ok(kind.as_deref() == Some("SideEffectsPaused"))
+    }
+
+    async fn bookings_of_trip(&self, trip_id: &str) -> Result<Vec<BookingView>, StoreError> {
+        let rows = sqlx::query(super::sql::BOOKINGS_OF_TRIP)
+            .bind(trip_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(booking_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn stats(&self) -> Result<LedgerStats, StoreError> {
+        let mut stats = LedgerStats::default();
+        for r in sqlx::query(super::sql::STATS_EVENTS)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            stats
+                .events
+                .push((r.try_get("kind")?, r.try_get("source")?, r.try_get("n")?));
+        }
+        for r in sqlx::query(super::sql::STATS_OUTCOMES)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            stats
+                .outcomes
+                .push((r.try_get("outcome")?, r.try_get("reason")?, r.try_get("n")?));
+        }
+        stats.unbound_events = sqlx::query_scalar(super::sql::STATS_UNBOUND)
+            .fetch_one(&self.pool)
+            .await?;
+        for r in sqlx::query(super::sql::STATS_OUTBOX)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            stats
+                .outbox
+                .push((r.try_get("kind")?, r.try_get("sent")?, r.try_get("n")?));
+        }
+        Ok(stats)
+    }
+
+    async fn idempotency_begin(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+    ) -> Result<IdempotencyBegin, StoreError> {
+        let now = now();
+        sqlx::query(super::sql::IDEMPOTENCY_PURGE)
+            .bind(super::format_time(&(now - super::IDEMPOTENCY_RETENTION)))
+            .bind(super::format_time(&(now - super::IDEMPOTENCY_ABANDONED)))
+            .execute(&self.pool)
+            .await?;
+        let claimed = sqlx::query(super::sql::IDEMPOTENCY_CLAIM)
+            .bind(scope)
+            .bind(key)
+            .bind(fingerprint)
+            .bind(super::format_time(&now))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if claimed == 1 {
+            return Ok(IdempotencyBegin::Owned);
+        }
+        let row = sqlx::query(super::sql::IDEMPOTENCY_READ)
+            .bind(scope)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            // Purged between the two statements: claim it again.
+            return Box::pin(self.idempotency_begin(scope, key, fingerprint)).await;
+        };
+        let fingerprint: String = row.try_get("fingerprint")?;
+        let state: String = row.try_get("state")?;
+        Ok(if state == "done" {
+            IdempotencyBegin::Completed {
+                fingerprint,
+                status: u16::try_from(row.try_get::<i32, _>("status")?).unwrap_or(500),
+                body: row
+                    .try_get::<Option<String>, _>("body")?
+                    .unwrap_or_default(),
+            }
+        } else {
+            IdempotencyBegin::InFlight { fingerprint }
+        })
+    }
+
+    async fn idempotency_finish(
+        &self,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(super::sql::IDEMPOTENCY_FINISH)
+            .bind(scope)
+            .bind(key)
+            .bind(i32::from(status))
+            .bind(body)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn idempotency_abandon(&self, scope: &str, key: &str) -> Result<(), StoreError> {
+        sqlx::query(super::sql::IDEMPOTENCY_ABANDON)
+            .bind(scope)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }

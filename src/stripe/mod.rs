@@ -1,7 +1,9 @@
-//! Stripe at the edge: webhook signatures (`signature`) and reading
-//! Stripe's event JSON into domain facts (`event`).
+//! Stripe at the edge: webhook signatures (`signature`), reading Stripe's
+//! event JSON into domain facts (`event`), and creating PaymentIntents
+//! through its API (`gateway`).
 
 pub mod event;
+pub mod gateway;
 pub mod signature;
 
 pub use event::{parse_event, ParseError};

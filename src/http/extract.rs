@@ -1,0 +1,94 @@
+//! Request plumbing shared by the API routes: the authenticated caller, the
+//! raw body (1 MiB), JSON bodies whose errors name the field, and ids.
+
+use super::{ApiError, AppState, BODY_LIMIT};
+use crate::auth::{self, Caller, TokenError};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let token = header
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        let result = match token {
+            None | Some("") => Err(TokenError::Missing),
+            Some(t) => auth::verify(state.config.jwt_secret.expose(), t),
+        };
+        // Counted by the middleware under http.error.AUTHENTICATION_ERROR.
+        let _ = state;
+        result.map_err(|e| ApiError::authentication(e.to_string()))
+    }
+}
+
+/// The request body, at most [`BODY_LIMIT`] bytes (413 beyond).
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let announced = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if announced.is_some_and(|n| n > BODY_LIMIT) {
+            return Err(ApiError::payload_too_large(BODY_LIMIT));
+        }
+        axum::body::to_bytes(req.into_body(), BODY_LIMIT)
+            .await
+            .map(RawBody)
+            .map_err(|_| ApiError::payload_too_large(BODY_LIMIT))
+    }
+}
+
+/// Parses a JSON body; the error names the offending field.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::validation("body must be a JSON object"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::validation("body is not valid JSON")
+        } else if path == "." || path.is_empty() {
+            ApiError::validation(inner.to_string())
+        } else {
+            ApiError::validation(format!("{path}: {inner}"))
+        }
+    })
+}
+
+/// Trip and booking ids are numeric strings.
+pub fn numeric_id(raw: &str, field: &str) -> Result<String, ApiError> {
+    if !raw.is_empty() && raw.len() <= 20 && raw.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(raw.to_string())
+    } else {
+        Err(ApiError::validation(format!(
+            "{field} must be a numeric id"
+        )))
+    }
+}
+
+/// A new numeric id: milliseconds since 2024 in the high bits, 22 random
+/// bits below, so ids sort roughly by creation and never collide in practice.
+pub fn new_id() -> String {
+    const EPOCH_MS: i64 = 1_704_067_200_000;
+    let ms = (chrono::Utc::now().timestamp_millis() - EPOCH_MS).max(0) as u64;
+    let random: u64 = rand::random::<u64>() & ((1 << 22) - 1);
+    ((ms << 22) | random).to_string()
+}
