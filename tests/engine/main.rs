@@ -1,7 +1,9 @@
 //! Engine integration tests, one binary:
 //! - `store`: the conformance suite, run against SQLite and PostgreSQL
 //!   (`sqlite::*`, `postgres::*`);
-//! - `cli`: the `klubz-ledger` commands as an operator runs them.
+//! - `webhook`, `api`: the HTTP server on a random port against a fresh
+//!   database of each backend, driven over real HTTP;
+//! - `cli`: the `klubz-ledger` commands and real `serve` processes.
 #![allow(clippy::unwrap_used)]
 
 /// Generates `sqlite::<test>` and `postgres::<test>` for each listed
@@ -27,6 +29,7 @@ macro_rules! on_both_backends {
     };
 }
 
+mod api;
 mod app;
 mod cli;
 mod helpers;
