@@ -872,10 +872,14 @@ pub async fn monitoring_reports_what_happened(backend: Backend) {
     assert!(sla["latencyMs"]["p99"].as_f64().unwrap() >= sla["latencyMs"]["p50"].as_f64().unwrap());
 }
 
+/// One request the fake Stripe received: "METHOD path", the Authorization
+/// header, the Idempotency-Key, the decoded form.
+type SeenRequest = (String, String, String, Vec<(String, String)>);
+
 /// What the fake Stripe received, and how it should answer.
 #[derive(Default)]
 struct FakeStripe {
-    requests: Mutex<Vec<(String, String, String, Vec<(String, String)>)>>, // method+path, authorization, idempotency key, form
+    requests: Mutex<Vec<SeenRequest>>,
     /// Answer the next creations with this status (then behave).
     fail_next: Mutex<Vec<u16>>,
     /// Idempotency key → intent id, as Stripe keeps them.
