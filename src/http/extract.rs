@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
+    /// Failures are counted by the middleware (`http.error.AUTHENTICATION_ERROR`).
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let header = parts
             .headers
@@ -26,8 +27,6 @@ impl FromRequestParts<AppState> for Caller {
             None | Some("") => Err(TokenError::Missing),
             Some(t) => auth::verify(state.config.jwt_secret.expose(), t),
         };
-        // Counted by the middleware under http.error.AUTHENTICATION_ERROR.
-        let _ = state;
         result.map_err(|e| ApiError::authentication(e.to_string()))
     }
 }

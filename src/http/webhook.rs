@@ -7,7 +7,7 @@
 
 use super::{current_request_id, ApiError, AppState, BODY_LIMIT};
 use crate::domain::{Command, OutcomeKind, Source};
-use crate::store::{StoreError, Submission, SubmitError};
+use crate::store::{Submission, SubmitError};
 use crate::stripe::{parse_event, signature};
 use axum::body::Body;
 use axum::extract::State;
@@ -119,18 +119,11 @@ pub async fn receive(
         Err(SubmitError::Store(e)) => {
             m.incr("webhook.storage_unavailable");
             tracing::warn!(requestId = %current_request_id(), error = %e, eventId = %event_id, "webhook not stored: storage unavailable");
-            Err(storage_error(e))
+            Err(super::store_error(e))
         }
         Err(e) => {
             tracing::error!(requestId = %current_request_id(), error = %e, eventId = %event_id, "webhook refused by the domain");
             Err(ApiError::internal())
         }
-    }
-}
-
-fn storage_error(e: StoreError) -> ApiError {
-    match e {
-        StoreError::Corrupt(_) | StoreError::WrongKey => ApiError::internal(),
-        _ => ApiError::storage_unavailable(),
     }
 }

@@ -10,6 +10,8 @@
 //! Only this module writes SQL.
 
 pub mod chain;
+#[macro_use]
+mod event_store_impl;
 pub mod migrations;
 pub mod postgres;
 mod sql;

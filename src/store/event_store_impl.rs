@@ -1,0 +1,274 @@
+//! The `EventStore` methods that read or keep small records, written once
+//! for both backends. They expand inside each backend's module and use its
+//! row decoders (`event_from_row`, `booking_from_row`, `trip_from_row`,
+//! `outcome_from_row`) and its time conversions (`row_time`: a stored time
+//! read back; `db_time`: a time as the backend binds it), which are the only
+//! differences between the dialects here.
+
+/// `impl_event_store!(Type, "backend name", page size)`.
+macro_rules! impl_event_store {
+    ($store:ty, $backend:literal, $page:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::store::EventStore for $store {
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+
+            async fn submit(&self, submission: Submission) -> Result<Submitted, SubmitError> {
+                self.writer.submit(submission).await
+            }
+
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn head_seq(&self) -> Result<i64, StoreError> {
+                let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(seq.unwrap_or(0))
+            }
+
+            async fn read_stream(&self, stream: &str) -> Result<Vec<StoredEvent>, StoreError> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE stream = $1 ORDER BY stream_version"
+                ))
+                .bind(stream)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.iter().map(event_from_row).collect::<Result<_, _>>()?)
+            }
+
+            async fn read_after(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"
+                ))
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.iter().map(event_from_row).collect::<Result<_, _>>()?)
+            }
+
+            fn stream_all(&self, after: i64) -> BoxStream<'_, Result<StoredEvent, StoreError>> {
+                $crate::store::paged_stream(self, after, $page)
+            }
+
+            async fn booking_history(&self, booking_id: &str) -> Result<Vec<StoredEvent>, StoreError> {
+                let rows = sqlx::query(&booking_history_sql())
+                    .bind(crate::domain::events::stream::booking(booking_id))
+                    .bind(booking_id)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(rows.iter().map(event_from_row).collect::<Result<_, _>>()?)
+            }
+
+            async fn booking(&self, booking_id: &str) -> Result<Option<BookingView>, StoreError> {
+                let row = sqlx::query("SELECT * FROM trip_participants WHERE booking_id = $1")
+                    .bind(booking_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.as_ref().map(booking_from_row).transpose()?)
+            }
+
+            async fn trip(&self, trip_id: &str) -> Result<Option<TripState>, StoreError> {
+                let row = sqlx::query("SELECT * FROM trips WHERE trip_id = $1")
+                    .bind(trip_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.as_ref().map(trip_from_row).transpose()?)
+            }
+
+            async fn timeline(&self, booking_id: &str) -> Result<Vec<TimelineEntry>, StoreError> {
+                let rows = sqlx::query(&format!(
+                    "SELECT h.seq, h.kind, h.source, h.stream, h.occurred_at, h.recorded_at, \
+                        o.outcome, o.reason \
+                     FROM ({}) h LEFT JOIN event_outcomes o ON o.seq = h.seq ORDER BY h.seq",
+                    booking_history_sql()
+                ))
+                .bind(crate::domain::events::stream::booking(booking_id))
+                .bind(booking_id)
+                .fetch_all(&self.pool)
+                .await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    out.push(TimelineEntry {
+                        seq: r.try_get("seq")?,
+                        kind: r.try_get("kind")?,
+                        source: r.try_get("source")?,
+                        stream: r.try_get("stream")?,
+                        occurred_at: row_time(r, "occurred_at")?,
+                        recorded_at: row_time(r, "recorded_at")?,
+                        outcome: outcome_from_row(r)?,
+                    });
+                }
+                Ok(out)
+            }
+
+            async fn outcome(&self, seq: i64) -> Result<Option<EventOutcome>, StoreError> {
+                let row = sqlx::query("SELECT seq, outcome, reason FROM event_outcomes WHERE seq = $1")
+                    .bind(seq)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(match row {
+                    Some(r) => outcome_from_row(&r)?,
+                    None => None,
+                })
+            }
+
+            async fn booking_ids(&self, after: &str, limit: i64) -> Result<Vec<String>, StoreError> {
+                Ok(sqlx::query_scalar(
+                    "SELECT booking_id FROM trip_participants WHERE booking_id > $1 \
+                     ORDER BY booking_id LIMIT $2",
+                )
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn trip_ids(&self, after: &str, limit: i64) -> Result<Vec<String>, StoreError> {
+                Ok(sqlx::query_scalar(
+                    "SELECT trip_id FROM trips WHERE trip_id > $1 ORDER BY trip_id LIMIT $2",
+                )
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn outbox_keys(&self, booking_id: &str) -> Result<Vec<String>, StoreError> {
+                Ok(sqlx::query_scalar(
+                    "SELECT message_key FROM outbox WHERE booking_id = $1 ORDER BY message_key",
+                )
+                .bind(booking_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn side_effects_paused(&self) -> Result<bool, StoreError> {
+                let kind: Option<String> = sqlx::query_scalar($crate::store::sql::LAST_PAUSE_OR_RESUME)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(kind.as_deref() == Some("SideEffectsPaused"))
+            }
+
+            async fn bookings_of_trip(&self, trip_id: &str) -> Result<Vec<BookingView>, StoreError> {
+                let rows = sqlx::query($crate::store::sql::BOOKINGS_OF_TRIP)
+                    .bind(trip_id)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(booking_from_row)
+                    .collect::<Result<_, _>>()?)
+            }
+
+            async fn stats(&self) -> Result<LedgerStats, StoreError> {
+                let mut stats = LedgerStats::default();
+                for r in sqlx::query($crate::store::sql::STATS_EVENTS)
+                    .fetch_all(&self.pool)
+                    .await?
+                {
+                    stats
+                        .events
+                        .push((r.try_get("kind")?, r.try_get("source")?, r.try_get("n")?));
+                }
+                for r in sqlx::query($crate::store::sql::STATS_OUTCOMES)
+                    .fetch_all(&self.pool)
+                    .await?
+                {
+                    stats
+                        .outcomes
+                        .push((r.try_get("outcome")?, r.try_get("reason")?, r.try_get("n")?));
+                }
+                stats.unbound_events = sqlx::query_scalar($crate::store::sql::STATS_UNBOUND)
+                    .fetch_one(&self.pool)
+                    .await?;
+                for r in sqlx::query($crate::store::sql::STATS_OUTBOX)
+                    .fetch_all(&self.pool)
+                    .await?
+                {
+                    stats
+                        .outbox
+                        .push((r.try_get("kind")?, r.try_get("sent")?, r.try_get("n")?));
+                }
+                Ok(stats)
+            }
+
+            async fn idempotency_begin(
+                &self,
+                scope: &str,
+                key: &str,
+                fingerprint: &str,
+            ) -> Result<IdempotencyBegin, StoreError> {
+                let now = now();
+                sqlx::query($crate::store::sql::IDEMPOTENCY_PURGE)
+                    .bind(db_time(now - $crate::store::IDEMPOTENCY_RETENTION))
+                    .bind(db_time(now - $crate::store::IDEMPOTENCY_ABANDONED))
+                    .execute(&self.pool)
+                    .await?;
+                let claimed = sqlx::query($crate::store::sql::IDEMPOTENCY_CLAIM)
+                    .bind(scope)
+                    .bind(key)
+                    .bind(fingerprint)
+                    .bind(db_time(now))
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                if claimed == 1 {
+                    return Ok(IdempotencyBegin::Owned);
+                }
+                let row = sqlx::query($crate::store::sql::IDEMPOTENCY_READ)
+                    .bind(scope)
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(row) = row else {
+                    // Purged between the two statements: claim it again.
+                    return Box::pin(self.idempotency_begin(scope, key, fingerprint)).await;
+                };
+                let fingerprint: String = row.try_get("fingerprint")?;
+                let state: String = row.try_get("state")?;
+                Ok(if state == "done" {
+                    IdempotencyBegin::Completed {
+                        fingerprint,
+                        status: u16::try_from(row.try_get::<i32, _>("status")?).unwrap_or(500),
+                        body: row
+                            .try_get::<Option<String>, _>("body")?
+                            .unwrap_or_default(),
+                    }
+                } else {
+                    IdempotencyBegin::InFlight { fingerprint }
+                })
+            }
+
+            async fn idempotency_finish(
+                &self,
+                scope: &str,
+                key: &str,
+                status: u16,
+                body: &str,
+            ) -> Result<(), StoreError> {
+                sqlx::query($crate::store::sql::IDEMPOTENCY_FINISH)
+                    .bind(scope)
+                    .bind(key)
+                    .bind(i32::from(status))
+                    .bind(body)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn idempotency_abandon(&self, scope: &str, key: &str) -> Result<(), StoreError> {
+                sqlx::query($crate::store::sql::IDEMPOTENCY_ABANDON)
+                    .bind(scope)
+                    .bind(key)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+        }
+    };
+}
