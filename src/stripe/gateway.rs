@@ -55,11 +55,18 @@ pub struct StripeGateway {
     secret_key: String,
 }
 
+/// How long one call to Stripe may take before it counts as unavailable.
+pub const STRIPE_TIMEOUT: Duration = Duration::from_secs(15);
+
 impl StripeGateway {
     pub fn new(base: &str, secret_key: &str) -> Self {
+        Self::with_timeout(base, secret_key, STRIPE_TIMEOUT)
+    }
+
+    pub fn with_timeout(base: &str, secret_key: &str, timeout: Duration) -> Self {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .connect_timeout(Duration::from_secs(5))
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
             .build()
             .unwrap_or_default();
         Self {

@@ -882,6 +882,8 @@ struct FakeStripe {
     requests: Mutex<Vec<SeenRequest>>,
     /// Answer the next creations with this status (then behave).
     fail_next: Mutex<Vec<u16>>,
+    /// Creations to create but never answer (the caller times out).
+    hang_next: Mutex<u32>,
     /// Idempotency key → intent id, as Stripe keeps them.
     by_key: Mutex<std::collections::HashMap<String, String>>,
 }
@@ -914,6 +916,16 @@ async fn fake_create(
             .or_insert_with(|| format!("pi_fake_{n}"))
             .clone()
     };
+    let hang = {
+        let mut h = fake.hang_next.lock().unwrap();
+        let hang = *h > 0;
+        *h = h.saturating_sub(1);
+        hang
+    };
+    if hang {
+        // Created, but the answer never comes: the caller's timeout fires.
+        std::future::pending::<()>().await;
+    }
     if let Some(status) = fake.fail_next.lock().unwrap().pop() {
         let code = axum::http::StatusCode::from_u16(status).unwrap();
         return (
@@ -1105,6 +1117,75 @@ pub async fn stripe_gateway_speaks_stripe_and_recovers(backend: Backend) {
     );
 }
 
+/// A real timeout: Stripe creates the intent but never answers. The call
+/// fails with 503 and binds nothing; the next call gets the same intent
+/// (same Stripe idempotency key) and binds it.
+pub async fn stripe_timeout_is_recovered_by_the_next_call(backend: Backend) {
+    let (stripe_base, fake) = start_fake_stripe().await;
+    let gateway = klubz_ledger::stripe::gateway::StripeGateway::with_timeout(
+        &stripe_base,
+        "sk_test_fake_key_123",
+        std::time::Duration::from_millis(300),
+    );
+    let app = serve_with(TestDb::new(backend).await, &[], Some(Arc::new(gateway))).await;
+    let (_, booking) = fixture(&app, true).await;
+    let rider = token("u-rider", Role::User, Some("org-a"));
+    let body = json!({"bookingId": booking, "amountCents": 4500, "currency": "zar"});
+    *fake.hang_next.lock().unwrap() = 1;
+    let (status, answer, _) = app
+        .call(
+            Method::POST,
+            "/api/payments/intent",
+            Some(&rider),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].clone()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!("PAYMENT_UNAVAILABLE")
+        ),
+        "{answer}"
+    );
+    assert_eq!(
+        app.db
+            .store
+            .booking(&booking)
+            .await
+            .unwrap()
+            .unwrap()
+            .payment_intent_id,
+        None
+    );
+    let (status, answer, _) = app
+        .call(
+            Method::POST,
+            "/api/payments/intent",
+            Some(&rider),
+            Some(body),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["paymentIntentId"].clone()),
+        (StatusCode::OK, json!("pi_fake_1")),
+        "{answer}"
+    );
+    let keys: Vec<String> = fake
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.2.clone())
+        .collect();
+    assert_eq!(keys, vec![format!("klubz-intent-{booking}-1"); 2]);
+    let b = app.db.store.booking(&booking).await.unwrap().unwrap();
+    assert_eq!(
+        (b.payment_intent_id.as_deref(), b.payment_status),
+        (Some("pi_fake_1"), PaymentStatus::Pending)
+    );
+}
+
 pub async fn production_without_stripe_key_refuses_intents(backend: Backend) {
     let app = spawn_app_with(backend, &[("ENVIRONMENT", "production")]).await;
     let (_, booking) = fixture(&app, true).await;
@@ -1134,5 +1215,6 @@ on_both_backends!(api:
     amount_tampering_and_bad_input_are_refused_and_store_nothing,
     monitoring_reports_what_happened,
     stripe_gateway_speaks_stripe_and_recovers,
+    stripe_timeout_is_recovered_by_the_next_call,
     production_without_stripe_key_refuses_intents,
 );

@@ -55,8 +55,21 @@ pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)]) -> Tes
 
 /// Serves an existing database (a second "process" on the same database).
 pub async fn serve_on(db: TestDb, overrides: &[(&str, &str)]) -> TestApp {
+    serve_with(db, overrides, None).await
+}
+
+/// Serves with a given payment gateway instead of the configured one.
+pub async fn serve_with(
+    db: TestDb,
+    overrides: &[(&str, &str)],
+    gateway: Option<Arc<dyn klubz_ledger::stripe::gateway::PaymentGateway>>,
+) -> TestApp {
     let (config, dir) = test_config(&db.url, overrides);
-    let state = AppState::new(db.store.clone(), Arc::new(config));
+    let config = Arc::new(config);
+    let state = match gateway {
+        Some(g) => AppState::with_gateway(db.store.clone(), config, Some(g)),
+        None => AppState::new(db.store.clone(), config),
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -554,10 +554,13 @@ pub async fn storage_outage_answers_503_then_redelivery_applies_once(backend: Ba
             .await
             .unwrap();
             let answer = app.webhook(&body).await;
+            let (health, health_body) = app.get("/health").await;
             sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
                 .execute(&mut admin)
                 .await
                 .unwrap();
+            assert_eq!(health, StatusCode::SERVICE_UNAVAILABLE, "{health_body}");
+            assert_eq!(health_body["database"], "unreachable");
             answer
         }
     };
