@@ -375,3 +375,107 @@ async fn two_serve_processes_on_one_postgres_database_store_an_event_once() {
     .unwrap();
     assert_eq!(n, 1);
 }
+
+/// Invariant 1: `kill -9` of a serving process under traffic loses no
+/// acknowledged event, and what is stored verifies.
+async fn kill_9_loses_no_acknowledged_event(database_url: Option<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let key_hex = "2a".repeat(32);
+    let mut env: Vec<(&str, &str)> = vec![
+        ("STRIPE_WEBHOOK_SECRET", CLI_SECRET),
+        ("ENCRYPTION_KEY", &key_hex),
+        ("JWT_SECRET", "cli-test-jwt-secret-0123456789abcdef"),
+    ];
+    if let Some(url) = &database_url {
+        env.push(("DATABASE_URL", url));
+    }
+    let server = start_server(dir.path(), &env).await;
+    let client = reqwest::Client::new();
+    let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let senders: Vec<_> = (0..8)
+        .map(|worker| {
+            let (client, base, acked) = (client.clone(), server.base.clone(), acked_tx.clone());
+            tokio::spawn(async move {
+                for i in 0..100 {
+                    let id = format!("evt_kill_{worker}_{i}");
+                    let body = serde_json::to_vec(&serde_json::json!({
+                        "id": id, "object": "event", "type": "payment_intent.processing",
+                        "created": 1_790_000_000 + i, "livemode": false,
+                        "data": {"object": {"id": format!("pi_kill_{worker}"), "object": "payment_intent",
+                            "amount": 100, "currency": "zar"}}
+                    }))
+                    .unwrap();
+                    let sent = client
+                        .post(format!("{base}/api/payments/webhook"))
+                        .header("stripe-signature", signed(&body))
+                        .body(body)
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status() == 200 => {
+                            let _ = acked.send(id);
+                        }
+                        _ => return, // the server is gone
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(acked_tx);
+    // Kill -9 once 50 deliveries were acknowledged, mid-traffic.
+    let mut acked = Vec::new();
+    let pid = server.child.id().unwrap();
+    while let Some(id) = acked_rx.recv().await {
+        acked.push(id);
+        if acked.len() == 50 {
+            std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status()
+                .unwrap();
+        }
+    }
+    for s in senders {
+        let _ = s.await;
+    }
+    assert!(
+        acked.len() >= 50,
+        "only {} acknowledged before the kill",
+        acked.len()
+    );
+    assert!(acked.len() < 800, "the kill came after all traffic");
+    drop(server);
+
+    let url = database_url
+        .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("klubz-ledger.db").display()));
+    let master = klubz_ledger::crypto::MasterKey::parse_hex(&key_hex).unwrap();
+    let store = klubz_ledger::store::open(&url, master.chain_key())
+        .await
+        .unwrap();
+    let keys: std::collections::BTreeSet<String> = store
+        .read_after(0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.idempotency_key)
+        .collect();
+    for id in &acked {
+        assert!(
+            keys.contains(&format!("stripe:{id}")),
+            "acknowledged {id} lost after kill -9"
+        );
+    }
+    let report = klubz_ledger::store::verify::verify(store.as_ref(), &master.chain_key())
+        .await
+        .unwrap();
+    assert!(report.is_ok(), "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_under_traffic_loses_no_acknowledged_event_sqlite() {
+    kill_9_loses_no_acknowledged_event(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_under_traffic_loses_no_acknowledged_event_postgres() {
+    kill_9_loses_no_acknowledged_event(Some(crate::helpers::create_pg_database().await)).await;
+}

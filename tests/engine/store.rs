@@ -601,9 +601,11 @@ pub async fn restart_loses_nothing_committed(backend: Backend) {
     let db = TestDb::new(backend).await;
     db.accepted_booking().await;
     db.bind("b1", "u1", "pi_1", 2000).await.unwrap();
+    // A store of its own that this test drops: the "process" that stops.
+    let first = db.open_another().await;
     let acks: Vec<_> = (0..20)
         .map(|i| {
-            let store = db.store.clone();
+            let store = first.clone();
             let sub = stripe_submission(&event(
                 &format!("evt_{i}"),
                 "payment_intent.processing",
@@ -617,8 +619,9 @@ pub async fn restart_loses_nothing_committed(backend: Backend) {
     for a in acks {
         acked.push(a.await.unwrap().unwrap().seq);
     }
-    let head = db.store.head_seq().await.unwrap();
-    let before = db.store.booking("b1").await.unwrap();
+    let head = first.head_seq().await.unwrap();
+    let before = first.booking("b1").await.unwrap();
+    drop(first);
     // Reopen from scratch: everything acknowledged is there.
     let reopened = db.open_another().await;
     assert_eq!(reopened.head_seq().await.unwrap(), head);
