@@ -1,17 +1,18 @@
 //! `POST /api/payments/webhook`: Stripe's deliveries.
 //!
-//! Order matters: size limit, then the signature over the raw bytes (before
+//! Order matters: size limit (the `RawBody` extractor: 413 from the
+//! announced length or while reading), then the signature over the raw bytes (before
 //! any parsing), then lenient parsing, then one durable append (the raw body
 //! encrypted) that recomputes the booking it binds to. The answer is sent
 //! only after the commit, so a 2xx always means durable.
 
-use super::{current_request_id, ApiError, AppState, BODY_LIMIT};
+use super::extract::RawBody;
+use super::{current_request_id, ApiError, AppState};
 use crate::domain::{Command, OutcomeKind, Source};
 use crate::store::{Submission, SubmitError};
 use crate::stripe::{parse_event, signature};
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use axum::Json;
 use chrono::{TimeZone, Utc};
 use serde_json::{json, Value};
@@ -19,7 +20,7 @@ use serde_json::{json, Value};
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Body,
+    RawBody(bytes): RawBody,
 ) -> Result<Json<Value>, ApiError> {
     let m = &state.metrics;
     if state.config.webhook_secrets.is_empty() {
@@ -28,20 +29,6 @@ pub async fn receive(
             "STRIPE_WEBHOOK_SECRET is not configured; webhooks are refused",
         ));
     }
-    // Refuse an announced oversize body before reading any of it.
-    let announced = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if announced.is_some_and(|n| n > BODY_LIMIT) {
-        m.incr("webhook.too_large");
-        return Err(ApiError::payload_too_large(BODY_LIMIT));
-    }
-    let bytes = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
-        m.incr("webhook.too_large");
-        ApiError::payload_too_large(BODY_LIMIT)
-    })?;
-
     let secrets: Vec<&str> = state
         .config
         .webhook_secrets
