@@ -181,7 +181,7 @@ mod tests {
     use super::*;
 
     fn samples() -> Vec<(String, Vec<u8>)> {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/stripe-events");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/stripe-events");
         let mut out = Vec::new();
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {

@@ -430,11 +430,11 @@ pub async fn test_mode_event_in_live_mode_is_not_applied(backend: Backend) {
     assert_eq!(paid_status(&app, "b1").await, PaymentStatus::Paid);
 }
 
-/// Every real payload of `shared/stripe-events`, as received and rewritten
-/// to bind to a test booking, is taken without error.
+/// Every real payload of `tests/stripe-events` (real Stripe bodies, sources
+/// and licences in its SOURCES.md), as received and rewritten to bind to a test booking, is taken without error.
 pub async fn real_stripe_payloads_are_ingested(backend: Backend) {
     let app = spawn_app(backend).await;
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/stripe-events");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/stripe-events");
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
