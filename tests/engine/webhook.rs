@@ -431,7 +431,8 @@ pub async fn test_mode_event_in_live_mode_is_not_applied(backend: Backend) {
 }
 
 /// Every real payload of `tests/stripe-events` (real Stripe bodies, sources
-/// and licences in its SOURCES.md), as received and rewritten to bind to a test booking, is taken without error.
+/// and licences in its SOURCES.md), as received and rewritten to bind to a
+/// test booking, is taken without error.
 pub async fn real_stripe_payloads_are_ingested(backend: Backend) {
     let app = spawn_app(backend).await;
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/stripe-events");
