@@ -6,7 +6,7 @@
 
 use crate::config::{Config, Secret};
 use crate::domain::decide::{BindPaymentIntent, PublishTrip, RequestBooking};
-use crate::domain::{Command, Currency, PaymentStatus, Source};
+use crate::domain::{Cents, Command, Currency, PaymentStatus, Source};
 use crate::http::{self, AppState};
 use crate::store::chain::ChainKey;
 use crate::store::migrations::Dialect;
@@ -193,7 +193,7 @@ async fn steps(
             booking_id: "smoke-booking".into(),
             actor: "smoke-rider".into(),
             payment_intent_id: "pi_smoke".into(),
-            amount_cents: 9000,
+            amount_cents: Cents::new(9000).map_err(|e| fail("bind intent")(e.to_string()))?,
             currency: zar,
         }),
     )
@@ -288,7 +288,7 @@ async fn expect_status(
         .await
         .map_err(|e| fail(step)(e.to_string()))?
         .ok_or_else(|| fail(step)("booking missing".into()))?;
-    if booking.payment_status != status || booking.amount_refunded_cents != refunded {
+    if booking.payment_status != status || booking.amount_refunded_cents.get() != refunded {
         return Err(fail(step)(format!(
             "expected {status} with {refunded} refunded, found {} with {}",
             booking.payment_status, booking.amount_refunded_cents

@@ -10,17 +10,20 @@ use super::events::{
     TripCancelled, TripPublished,
 };
 use super::fold::BookingState;
-use super::money::{Cents, Currency};
+use super::money::{self, Cents, Currency};
 use super::payment::StripeFact;
 use super::status::{BookingStatus, PaymentStatus};
+use super::table::accepts_new_intent;
 use super::trip::TripState;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 /// Longest accepted title, in characters.
 pub const MAX_TITLE_CHARS: usize = 200;
-/// Upper bound on seats of one trip: a carpool, not a train.
+/// Upper bound on seats of one trip: a carpool, not a train. Also the
+/// ceiling on passengers of one booking (a booking fits in its trip).
 pub const MAX_SEATS: u32 = 64;
+pub use super::money::MAX_PRICE_PER_SEAT_CENTS;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PublishTrip {
@@ -29,7 +32,8 @@ pub struct PublishTrip {
     pub org_id: Option<String>,
     pub title: String,
     pub seats: u32,
-    pub price_per_seat_cents: Cents,
+    /// As requested; checked against [`MAX_PRICE_PER_SEAT_CENTS`] here.
+    pub price_per_seat_cents: i64,
     pub currency: Currency,
     pub departure_time: DateTime<Utc>,
 }
@@ -260,18 +264,15 @@ fn publish_trip(c: &PublishTrip) -> Result<Event, DomainError> {
             "seats must be between 1 and {MAX_SEATS}"
         )));
     }
-    if c.price_per_seat_cents <= 0 {
-        return Err(DomainError::Validation(
-            "pricePerSeatCents must be positive".into(),
-        ));
-    }
+    let price_per_seat_cents = money::price_per_seat(c.price_per_seat_cents)
+        .map_err(|e| DomainError::Validation(e.to_string()))?;
     Ok(Event::TripPublished(TripPublished {
         trip_id: c.trip_id.clone(),
         driver_id: c.driver_id.clone(),
         org_id: c.org_id.clone(),
         title: title.to_string(),
         seats: c.seats,
-        price_per_seat_cents: c.price_per_seat_cents,
+        price_per_seat_cents,
         currency: c.currency.clone(),
         departure_time: c.departure_time,
     }))
@@ -318,7 +319,8 @@ fn bind_intent(c: &BindPaymentIntent, ctx: Context<'_>) -> Result<Event, DomainE
             booking.status
         )));
     }
-    let expected = trip.price_per_seat_cents * Cents::from(booking.passengers);
+    let expected = money::fare(trip.price_per_seat_cents, booking.passengers)
+        .map_err(|e| DomainError::Validation(format!("fare: {e}")))?;
     if c.amount_cents != expected {
         return Err(DomainError::Validation(format!(
             "amountCents must equal the fare times passengers ({expected})"
@@ -341,7 +343,7 @@ fn bind_intent(c: &BindPaymentIntent, ctx: Context<'_>) -> Result<Event, DomainE
             });
         }
     }
-    if !pay.status.accepts_new_intent() {
+    if !accepts_new_intent(pay.status) {
         return Err(DomainError::Conflict(format!(
             "payment is {}, no new payment intent can be bound",
             pay.status

@@ -2,16 +2,22 @@
 //!
 //! Input: every event of the booking's own stream plus the payment streams of
 //! the intents bound to it, in any order, possibly duplicated. Output: the
-//! booking state, one outcome per event, and the intents that need a refund.
+//! booking state, one outcome per event, and the side effects its
+//! transitions produce.
 //!
 //! Order (DESIGN.md §3): lifecycle events by (rank, seq); bindings by
-//! (attempt, seq); each accepted binding's Stripe events by (created,
-//! lifecycle rank, event id). Duplicate Stripe event ids count once. Every
-//! sort key is intrinsic to the events, so delivery order cannot matter.
+//! (attempt, seq), the latest being the current intent; the current intent's
+//! Stripe events by (created, lifecycle rank, event id). Duplicate Stripe
+//! event ids count once. Every sort key is intrinsic to the events, so
+//! delivery order cannot matter; each event's money fact goes into the
+//! ledger (`ledger.rs`), whose merges commute, before the table moves the
+//! status.
 
+use super::effects::{EffectKind, SideEffect};
 use super::events::{BookingRequested, Event, PaymentIntentBound, Recorded};
+use super::ledger::{DisputeSummary, MoneyLedger, RefundLevel};
 use super::money::{Cents, Currency};
-use super::payment::{PaymentSignal, RefundState, StripeFact};
+use super::payment::{PaymentSignal, StripeFact};
 use super::status::{BookingStatus, PaymentStatus};
 use super::table::{transition, PaymentInput, Transition};
 use chrono::{DateTime, Utc};
@@ -79,17 +85,13 @@ pub struct CurrentIntent {
     pub attempt: u32,
 }
 
-/// Payment state of one booking, including the refund ledger the status
-/// is derived from.
+/// Payment state of one booking: the status and the money ledger of the
+/// current intent it is derived from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentState {
     pub status: PaymentStatus,
     pub intent: Option<CurrentIntent>,
-    /// Latest known state of each refund id of the current intent.
-    refunds: BTreeMap<String, (Cents, RefundState)>,
-    /// The charge's cumulative `amount_refunded` from `charge.refunded`,
-    /// lowered when a refund is reversed afterwards.
-    charge_refunded_cents: Cents,
+    pub ledger: MoneyLedger,
 }
 
 impl Default for PaymentState {
@@ -97,24 +99,24 @@ impl Default for PaymentState {
         Self {
             status: PaymentStatus::Unpaid,
             intent: None,
-            refunds: BTreeMap::new(),
-            charge_refunded_cents: 0,
+            ledger: MoneyLedger::default(),
         }
     }
 }
 
 impl PaymentState {
-    /// Refunded total: the larger of the per-refund sum and the charge's own
-    /// figure, never more than the bound amount.
+    fn bound_amount(&self) -> Cents {
+        self.intent.as_ref().map_or(Cents::ZERO, |i| i.amount_cents)
+    }
+
+    /// Refunded total of the current intent, never more than its amount.
     pub fn amount_refunded_cents(&self) -> Cents {
-        let bound = self.intent.as_ref().map_or(0, |i| i.amount_cents);
-        let active: Cents = self
-            .refunds
-            .values()
-            .filter(|(_, s)| *s == RefundState::Active)
-            .map(|(a, _)| *a)
-            .sum();
-        active.max(self.charge_refunded_cents).clamp(0, bound)
+        self.ledger.refunded(self.bound_amount())
+    }
+
+    /// Captured money not refunded and not charged back.
+    pub fn held_cents(&self) -> Cents {
+        self.ledger.held(self.bound_amount())
     }
 }
 
@@ -128,7 +130,7 @@ pub struct BookingState {
     pub passengers: u32,
     pub status: BookingStatus,
     pub payment: PaymentState,
-    /// How many bindings the booking has had (accepted or not).
+    /// How many bindings the booking has had.
     pub attempts: u32,
     /// Number of distinct events in the booking's history.
     pub version: i64,
@@ -142,9 +144,19 @@ pub struct BookingFold {
     pub state: Option<BookingState>,
     /// One outcome per distinct event seq, sorted by seq.
     pub outcomes: Vec<EventOutcome>,
-    /// Intents that took money the booking must give back: a superseded
-    /// intent that succeeded, or the current one of a cancelled paid booking.
-    pub refund_required: BTreeSet<String>,
+    /// The messages the booking's transitions produce, in fold order.
+    pub effects: Vec<SideEffect>,
+}
+
+impl BookingFold {
+    /// The payment intents with a `refund_required` message.
+    pub fn refund_required(&self) -> BTreeSet<String> {
+        self.effects
+            .iter()
+            .filter(|e| e.kind == EffectKind::RefundRequired)
+            .filter_map(|e| e.payment_intent_id.clone())
+            .collect()
+    }
 }
 
 fn lifecycle_rank(event: &Event) -> u8 {
@@ -168,15 +180,24 @@ impl Outcomes {
             },
         );
     }
+
+    fn is_applied(&self, seq: i64) -> bool {
+        self.0
+            .get(&seq)
+            .is_some_and(|o| o.outcome == OutcomeKind::Applied)
+    }
 }
+
+type Facts<'a> = Vec<(&'a Recorded, &'a StripeFact)>;
 
 /// Folds one booking's history. `booking_id` selects the booking; events of
 /// other bookings in the input are ignored.
 pub fn fold_booking(booking_id: &str, events: &[Recorded]) -> BookingFold {
     let mut outcomes = Outcomes(BTreeMap::new());
+    let mut effects: Vec<SideEffect> = Vec::new();
     let mut lifecycle: Vec<&Recorded> = Vec::new();
     let mut bindings: Vec<(&Recorded, &PaymentIntentBound)> = Vec::new();
-    let mut facts: HashMap<&str, Vec<(&Recorded, &StripeFact)>> = HashMap::new();
+    let mut facts: HashMap<&str, Facts<'_>> = HashMap::new();
     let mut unbound_facts: Vec<&Recorded> = Vec::new();
 
     for rec in events {
@@ -201,6 +222,29 @@ pub fn fold_booking(booking_id: &str, events: &[Recorded]) -> BookingFold {
     let mut state: Option<BookingState> = None;
     for rec in &lifecycle {
         fold_lifecycle(&mut state, rec, &mut outcomes);
+    }
+    let mut cancelled_by: Option<&Recorded> = None;
+    for rec in &lifecycle {
+        let kind = match &rec.event {
+            Event::BookingAccepted(_) => EffectKind::BookingAccepted,
+            Event::BookingRejected(_) => EffectKind::BookingRejected,
+            Event::BookingCancelled(_) => EffectKind::BookingCancelled,
+            _ => continue,
+        };
+        if outcomes.is_applied(rec.seq) {
+            if kind == EffectKind::BookingCancelled {
+                cancelled_by = Some(rec);
+            }
+            effects.push(SideEffect {
+                kind,
+                caused_by_seq: rec.seq,
+                stripe_event_id: None,
+                payment_intent_id: None,
+                amount_cents: None,
+                currency: None,
+                occurred_at: rec.recorded_at,
+            });
+        }
     }
 
     // Distinct events and the latest seq, for version / lastEventSeq.
@@ -237,102 +281,73 @@ pub fn fold_booking(booking_id: &str, events: &[Recorded]) -> BookingFold {
         return BookingFold {
             state: None,
             outcomes: outcomes.0.into_values().collect(),
-            refund_required: BTreeSet::new(),
+            effects: Vec::new(),
         };
     };
 
-    let mut refund_required = BTreeSet::new();
+    // Bindings are decisions, validated when they were made: the fold takes
+    // each one as it is, and the latest is the current intent.
     bindings.sort_by_key(|(r, b)| (b.attempt, r.seq));
-    let mut bound_pis: BTreeSet<&str> = BTreeSet::new();
-    let mut current_pis: HashSet<&str> = HashSet::new();
+    let mut distinct: Vec<(&Recorded, &PaymentIntentBound)> = Vec::new();
     for (rec, binding) in &bindings {
         booking.attempts = booking.attempts.max(binding.attempt);
-        let pi = binding.payment_intent_id.as_str();
-        if !bound_pis.insert(pi) {
+        if distinct
+            .iter()
+            .any(|(_, b)| b.payment_intent_id == binding.payment_intent_id)
+        {
             outcomes.set(rec.seq, OutcomeKind::Noop, Some(reason::DUPLICATE));
-            continue;
-        }
-        // Did Stripe report a success on this intent that passes the guards?
-        let refs = booking_refs(&booking);
-        let captured = facts.get(pi).is_some_and(|list| {
-            list.iter().any(|(_, f)| {
-                f.signal == PaymentSignal::Succeeded
-                    && check_guards(&refs, bound_terms(&bindings, pi), f).is_ok()
-            })
-        });
-        let pay = &mut booking.payment;
-        let pending_elsewhere = pay.status == PaymentStatus::Pending
-            && pay
-                .intent
-                .as_ref()
-                .is_some_and(|i| i.payment_intent_id != pi);
-        let input = if captured {
-            PaymentInput::BoundSucceeded
         } else {
-            PaymentInput::Bound
-        };
-        let verdict = if pending_elsewhere && !captured {
-            Err(reason::INTENT_PENDING)
-        } else {
-            match transition(pay.status, input) {
-                Transition::Reject => Err(reason::INVALID_TRANSITION),
-                Transition::To(_) | Transition::Noop => Ok(()),
-            }
-        };
-        match verdict {
-            Err(why) => outcomes.set(rec.seq, OutcomeKind::Rejected, Some(why)),
-            Ok(()) => {
-                *pay = PaymentState {
-                    status: PaymentStatus::Pending,
-                    intent: Some(CurrentIntent {
-                        payment_intent_id: binding.payment_intent_id.clone(),
-                        amount_cents: binding.amount_cents,
-                        currency: binding.currency.clone(),
-                        attempt: binding.attempt,
-                    }),
-                    ..PaymentState::default()
-                };
-                outcomes.set(rec.seq, OutcomeKind::Applied, None);
-                current_pis.insert(pi);
-                let mut intent_facts = facts.get(pi).cloned().unwrap_or_default();
-                intent_facts.sort_by(|a, b| {
-                    a.1.order_key()
-                        .cmp(&b.1.order_key())
-                        .then(a.0.seq.cmp(&b.0.seq))
-                });
-                let mut seen_ids = HashSet::new();
-                for (frec, fact) in intent_facts {
-                    if !seen_ids.insert(fact.event_id.as_str()) {
-                        outcomes.set(frec.seq, OutcomeKind::Noop, Some(reason::DUPLICATE));
-                        continue;
-                    }
-                    let (kind, why) =
-                        apply_fact(&booking_refs(&booking), &mut booking.payment, fact);
-                    outcomes.set(frec.seq, kind, why);
-                }
-            }
+            outcomes.set(rec.seq, OutcomeKind::Applied, None);
+            distinct.push((rec, binding));
         }
     }
+    let refs = booking_refs(&booking);
+    if let Some((_, current)) = distinct.last() {
+        let list = facts
+            .get(current.payment_intent_id.as_str())
+            .cloned()
+            .unwrap_or_default();
+        fold_current_intent(
+            &mut booking,
+            current,
+            list,
+            cancelled_by,
+            &mut outcomes,
+            &mut effects,
+        );
+    }
 
-    // Events of intents bound to this booking that never became current.
-    for pi in bound_pis.iter().filter(|pi| !current_pis.contains(*pi)) {
+    // Events of earlier intents: stored, never applied; captured money on one
+    // of them must go back.
+    for (_, binding) in distinct.iter().rev().skip(1) {
+        let pi = binding.payment_intent_id.as_str();
+        let mut list = facts.get(pi).cloned().unwrap_or_default();
+        sort_facts(&mut list);
         let mut seen_ids = HashSet::new();
-        for (frec, fact) in facts.get(pi).cloned().unwrap_or_default() {
+        for (frec, fact) in list {
             if !seen_ids.insert(fact.event_id.as_str()) {
                 outcomes.set(frec.seq, OutcomeKind::Noop, Some(reason::DUPLICATE));
                 continue;
             }
-            let guard = check_guards(&booking_refs(&booking), bound_terms(&bindings, pi), fact);
+            let guard = check_guards(&refs, (binding.amount_cents, &binding.currency), fact);
             let why = guard.err().unwrap_or(reason::SUPERSEDED_INTENT);
             if why == reason::SUPERSEDED_INTENT && fact.signal == PaymentSignal::Succeeded {
-                refund_required.insert((*pi).to_string());
+                effects.push(SideEffect {
+                    kind: EffectKind::RefundRequired,
+                    caused_by_seq: frec.seq,
+                    stripe_event_id: Some(fact.event_id.clone()),
+                    payment_intent_id: Some(pi.to_string()),
+                    amount_cents: Some(binding.amount_cents),
+                    currency: Some(binding.currency.clone()),
+                    occurred_at: stripe_time(fact, frec),
+                });
             }
             outcomes.set(frec.seq, OutcomeKind::Excluded, Some(why));
         }
     }
     // Facts that name an intent this booking never bound.
     for (pi, list) in &facts {
-        if !bound_pis.contains(pi) {
+        if !distinct.iter().any(|(_, b)| b.payment_intent_id == *pi) {
             for (frec, _) in list {
                 outcomes.set(
                     frec.seq,
@@ -350,17 +365,6 @@ pub fn fold_booking(booking_id: &str, events: &[Recorded]) -> BookingFold {
         );
     }
 
-    if booking.status == BookingStatus::Cancelled
-        && matches!(
-            booking.payment.status,
-            PaymentStatus::Paid | PaymentStatus::PartiallyRefunded
-        )
-    {
-        if let Some(intent) = &booking.payment.intent {
-            refund_required.insert(intent.payment_intent_id.clone());
-        }
-    }
-
     booking.version = seen_seqs.len() as i64;
     if let Some((seq, at)) = seen_seqs.last_key_value() {
         booking.last_event_seq = *seq;
@@ -369,8 +373,173 @@ pub fn fold_booking(booking_id: &str, events: &[Recorded]) -> BookingFold {
     BookingFold {
         state: Some(booking),
         outcomes: outcomes.0.into_values().collect(),
-        refund_required,
+        effects,
     }
+}
+
+/// Fold order of one intent's events (DESIGN.md §3), then seq so that the
+/// first copy of a duplicate is the one that counts.
+fn sort_facts(list: &mut Facts<'_>) {
+    list.sort_by(|a, b| {
+        a.1.order_key()
+            .cmp(&b.1.order_key())
+            .then(a.0.seq.cmp(&b.0.seq))
+    });
+}
+
+fn stripe_time(fact: &StripeFact, rec: &Recorded) -> DateTime<Utc> {
+    DateTime::from_timestamp(fact.created, 0).unwrap_or(rec.recorded_at)
+}
+
+/// Folds the current intent's Stripe events: each authentic, matching one
+/// records its money fact in the ledger, then the table moves the status.
+fn fold_current_intent(
+    booking: &mut BookingState,
+    binding: &PaymentIntentBound,
+    mut list: Facts<'_>,
+    cancelled_by: Option<&Recorded>,
+    outcomes: &mut Outcomes,
+    effects: &mut Vec<SideEffect>,
+) {
+    let refs = booking_refs(booking);
+    let terms = (binding.amount_cents, &binding.currency);
+    let pay = &mut booking.payment;
+    *pay = PaymentState {
+        status: PaymentStatus::Pending,
+        intent: Some(CurrentIntent {
+            payment_intent_id: binding.payment_intent_id.clone(),
+            amount_cents: binding.amount_cents,
+            currency: binding.currency.clone(),
+            attempt: binding.attempt,
+        }),
+        ledger: MoneyLedger::default(),
+    };
+    sort_facts(&mut list);
+    let mut seen_ids = HashSet::new();
+    for (frec, fact) in list {
+        if !seen_ids.insert(fact.event_id.as_str()) {
+            outcomes.set(frec.seq, OutcomeKind::Noop, Some(reason::DUPLICATE));
+            continue;
+        }
+        if let Err(why) = check_guards(&refs, terms, fact) {
+            outcomes.set(frec.seq, OutcomeKind::Excluded, Some(why));
+            continue;
+        }
+        let before_status = pay.status;
+        let before_refunded = pay.amount_refunded_cents();
+        let before_held = pay.held_cents();
+        // Money facts are never dropped: the ledger first, the table second.
+        pay.ledger.record(&fact.signal);
+        let after_refunded = pay.amount_refunded_cents();
+        let Some(input) = classify(
+            &fact.signal,
+            &pay.ledger,
+            binding.amount_cents,
+            before_refunded,
+            after_refunded,
+        ) else {
+            outcomes.set(frec.seq, OutcomeKind::Excluded, Some(reason::UNHANDLED_TYPE));
+            continue;
+        };
+        let cell = transition(before_status, input);
+        if let Transition::To(to) = cell {
+            pay.status = to;
+        }
+        let after_status = pay.status;
+        let (kind, why) = if after_status != before_status || after_refunded != before_refunded {
+            (OutcomeKind::Applied, None)
+        } else if cell == Transition::Reject {
+            (OutcomeKind::Rejected, Some(reason::INVALID_TRANSITION))
+        } else {
+            (OutcomeKind::Noop, None)
+        };
+        outcomes.set(frec.seq, kind, why);
+
+        let effect = |kind: EffectKind, seq: i64, amount: Cents| SideEffect {
+            kind,
+            caused_by_seq: seq,
+            stripe_event_id: Some(fact.event_id.clone()),
+            payment_intent_id: Some(binding.payment_intent_id.clone()),
+            amount_cents: Some(amount),
+            currency: Some(binding.currency.clone()),
+            occurred_at: stripe_time(fact, frec),
+        };
+        let seq = frec.seq;
+        if after_status != before_status {
+            use PaymentStatus as S;
+            if after_status == S::Paid && !before_status.is_settled() {
+                effects.push(effect(EffectKind::PaymentSucceeded, seq, binding.amount_cents));
+            }
+            if after_status == S::Failed {
+                effects.push(effect(EffectKind::PaymentFailed, seq, binding.amount_cents));
+            }
+            if after_status == S::Disputed {
+                effects.push(effect(EffectKind::DisputeOpened, seq, binding.amount_cents));
+            }
+            if before_status == S::Disputed || after_status == S::ChargedBack {
+                effects.push(effect(EffectKind::DisputeClosed, seq, binding.amount_cents));
+            }
+        }
+        if after_refunded > before_refunded {
+            effects.push(effect(EffectKind::PaymentRefunded, seq, after_refunded));
+        }
+        // A cancelled booking that (again) holds captured money must give it
+        // back: keyed by the later of the cancellation and this event, so a
+        // refund that failed after the cancellation's refund is a new message.
+        let after_held = pay.held_cents();
+        if let Some(cancel) = cancelled_by {
+            if before_held == Cents::ZERO && after_held > Cents::ZERO {
+                let mut e = effect(EffectKind::RefundRequired, seq, after_held);
+                if cancel.seq > seq {
+                    e.caused_by_seq = cancel.seq;
+                    e.stripe_event_id = None;
+                    e.occurred_at = cancel.recorded_at;
+                }
+                effects.push(e);
+            }
+        }
+    }
+}
+
+/// The table column of one recorded fact, read off the ledger after it.
+/// `None` for types that drive nothing.
+fn classify(
+    signal: &PaymentSignal,
+    ledger: &MoneyLedger,
+    captured_amount: Cents,
+    refunded_before: Cents,
+    refunded_after: Cents,
+) -> Option<PaymentInput> {
+    Some(match signal {
+        PaymentSignal::Processing => PaymentInput::Processing,
+        PaymentSignal::RequiresAction => PaymentInput::RequiresAction,
+        PaymentSignal::Succeeded => PaymentInput::Succeeded,
+        PaymentSignal::Failed => PaymentInput::Failed,
+        PaymentSignal::Canceled => PaymentInput::Canceled,
+        PaymentSignal::ChargeRefunded { .. } | PaymentSignal::Refund(_) => {
+            let level = ledger.refund_level(captured_amount);
+            match level {
+                RefundLevel::None => PaymentInput::RefundReversedNoneLeft,
+                RefundLevel::Partial if refunded_after < refunded_before => {
+                    PaymentInput::RefundReversedSomeLeft
+                }
+                RefundLevel::Partial => PaymentInput::RefundPartial,
+                RefundLevel::Full => PaymentInput::RefundFull,
+            }
+        }
+        PaymentSignal::DisputeOpened(_) | PaymentSignal::DisputeClosed(_) => {
+            match ledger.disputes() {
+                DisputeSummary::Lost => PaymentInput::DisputeLost,
+                DisputeSummary::Open => PaymentInput::DisputeOpened,
+                DisputeSummary::Clear => match ledger.refund_level(captured_amount) {
+                    RefundLevel::None => PaymentInput::DisputeWonNoRefund,
+                    RefundLevel::Partial => PaymentInput::DisputeWonPartRefund,
+                    RefundLevel::Full => PaymentInput::DisputeWonFullRefund,
+                },
+            }
+        }
+        PaymentSignal::Unhandled => return None,
+    })
 }
 
 fn fold_lifecycle(state: &mut Option<BookingState>, rec: &Recorded, outcomes: &mut Outcomes) {
@@ -442,27 +611,17 @@ fn booking_refs(b: &BookingState) -> BookingRefs {
     }
 }
 
-/// The amount and currency a payment intent was bound with.
-fn bound_terms<'a>(
-    bindings: &'a [(&Recorded, &PaymentIntentBound)],
-    pi: &str,
-) -> Option<(Cents, &'a Currency)> {
-    bindings
-        .iter()
-        .find(|(_, b)| b.payment_intent_id == pi)
-        .map(|(_, b)| (b.amount_cents, &b.currency))
-}
-
 /// Invariant 6: an authentic event moves a booking only if it matches our
-/// own binding. Returns the reason it may not.
+/// own binding (`bound`: the amount and currency the intent was bound
+/// with). Returns the reason it may not. An intent or charge event must
+/// carry its amount and currency; a refund or dispute its currency, and an
+/// amount no larger than the bound one.
 fn check_guards(
     refs: &BookingRefs,
-    bound: Option<(Cents, &Currency)>,
+    bound: (Cents, &Currency),
     fact: &StripeFact,
 ) -> Result<(), &'static str> {
-    let Some((bound_amount, bound_currency)) = bound else {
-        return Err(reason::UNKNOWN_PAYMENT_INTENT);
-    };
+    let (bound_amount, bound_currency) = bound;
     if fact.livemode != fact.expected_livemode {
         return Err(reason::LIVEMODE_MISMATCH);
     }
@@ -475,113 +634,27 @@ fn check_guards(
     {
         return Err(reason::METADATA_MISMATCH);
     }
-    if fact.currency.as_ref().is_some_and(|c| c != bound_currency)
-        || fact.amount_cents.is_some_and(|a| a != bound_amount)
-    {
-        return Err(reason::AMOUNT_MISMATCH);
-    }
-    Ok(())
-}
-
-/// Applies one fact of the current intent. The payment state changes only
-/// when the outcome is `Applied` or `Noop`.
-fn apply_fact(
-    refs: &BookingRefs,
-    pay: &mut PaymentState,
-    fact: &StripeFact,
-) -> (OutcomeKind, Option<&'static str>) {
-    let Some(intent) = pay.intent.clone() else {
-        return (OutcomeKind::Excluded, Some(reason::UNKNOWN_PAYMENT_INTENT));
+    let same_currency = |c: &Option<Currency>| c.as_ref() == Some(bound_currency);
+    let money_ok = match &fact.signal {
+        PaymentSignal::Unhandled => true,
+        PaymentSignal::Refund(r) => {
+            same_currency(&r.currency) && r.amount_cents <= bound_amount
+        }
+        PaymentSignal::DisputeOpened(d) | PaymentSignal::DisputeClosed(d) => {
+            same_currency(&d.currency) && d.amount_cents.is_none_or(|a| a <= bound_amount)
+        }
+        PaymentSignal::ChargeRefunded { refunds, .. } => {
+            same_currency(&fact.currency)
+                && fact.amount_cents == Some(bound_amount)
+                && refunds
+                    .iter()
+                    .all(|r| r.currency.is_none() || same_currency(&r.currency))
+        }
+        _ => same_currency(&fact.currency) && fact.amount_cents == Some(bound_amount),
     };
-    if let Err(why) = check_guards(refs, Some((intent.amount_cents, &intent.currency)), fact) {
-        return (OutcomeKind::Excluded, Some(why));
-    }
-
-    let before_total = pay.amount_refunded_cents();
-    let mut next = pay.clone();
-    let input = match &fact.signal {
-        PaymentSignal::Processing => PaymentInput::Processing,
-        PaymentSignal::RequiresAction => PaymentInput::RequiresAction,
-        PaymentSignal::Succeeded => PaymentInput::Succeeded,
-        PaymentSignal::Failed => PaymentInput::Failed,
-        PaymentSignal::Canceled => PaymentInput::Canceled,
-        PaymentSignal::ChargeRefunded {
-            amount_refunded_cents,
-        } => {
-            next.charge_refunded_cents = (*amount_refunded_cents).max(0);
-            refund_input(
-                before_total,
-                next.amount_refunded_cents(),
-                intent.amount_cents,
-                false,
-            )
-        }
-        PaymentSignal::Refund {
-            refund_id,
-            amount_cents,
-            state,
-        } => {
-            let amount = (*amount_cents).max(0);
-            let was_reversed = matches!(
-                next.refunds.get(refund_id),
-                Some((_, RefundState::Reversed))
-            );
-            if *state == RefundState::Reversed && !was_reversed {
-                next.charge_refunded_cents = (next.charge_refunded_cents - amount).max(0);
-            }
-            if was_reversed && *state == RefundState::Active {
-                // A failed or canceled refund does not come back to life.
-                return (OutcomeKind::Rejected, Some(reason::INVALID_TRANSITION));
-            }
-            next.refunds.insert(refund_id.clone(), (amount, *state));
-            refund_input(
-                before_total,
-                next.amount_refunded_cents(),
-                intent.amount_cents,
-                *state == RefundState::Reversed,
-            )
-        }
-        PaymentSignal::DisputeOpened { .. } => PaymentInput::DisputeOpened,
-        PaymentSignal::DisputeClosed { won: false, .. } => PaymentInput::DisputeLost,
-        PaymentSignal::DisputeClosed { won: true, .. } => {
-            if before_total == 0 {
-                PaymentInput::DisputeWonNoRefund
-            } else {
-                PaymentInput::DisputeWonPartRefund
-            }
-        }
-        PaymentSignal::Unhandled => return (OutcomeKind::Excluded, Some(reason::UNHANDLED_TYPE)),
-    };
-    match transition(pay.status, input) {
-        Transition::Reject => (OutcomeKind::Rejected, Some(reason::INVALID_TRANSITION)),
-        Transition::Noop | Transition::To(_) => {
-            if let Transition::To(to) = transition(pay.status, input) {
-                next.status = to;
-            }
-            let changed = next.status != pay.status || next.amount_refunded_cents() != before_total;
-            *pay = next;
-            if changed {
-                (OutcomeKind::Applied, None)
-            } else {
-                (OutcomeKind::Noop, None)
-            }
-        }
-    }
-}
-
-/// Classifies a refund-ledger change into a table column.
-fn refund_input(before: Cents, after: Cents, bound: Cents, reversal: bool) -> PaymentInput {
-    if reversal || after < before {
-        if after == 0 {
-            PaymentInput::RefundReversedNoneLeft
-        } else {
-            PaymentInput::RefundReversedSomeLeft
-        }
-    } else if after >= bound && bound > 0 {
-        PaymentInput::RefundFull
-    } else if after > 0 {
-        PaymentInput::RefundPartial
+    if money_ok {
+        Ok(())
     } else {
-        PaymentInput::RefundReversedNoneLeft
+        Err(reason::AMOUNT_MISMATCH)
     }
 }

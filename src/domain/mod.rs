@@ -4,8 +4,10 @@
 //! depends on nothing in the crate.
 
 pub mod decide;
+pub mod effects;
 pub mod events;
 pub mod fold;
+pub mod ledger;
 pub mod money;
 pub mod payment;
 pub mod status;
@@ -15,7 +17,8 @@ pub mod trip;
 pub use decide::{decide, Command, Context, DomainError};
 pub use events::{Event, Recorded, Source};
 pub use fold::{fold_booking, BookingFold, BookingState, EventOutcome, OutcomeKind};
+pub use effects::{EffectKind, SideEffect};
 pub use money::{Cents, Currency};
-pub use payment::{PaymentSignal, RefundState, StripeFact};
+pub use payment::{DisputeSeen, PaymentSignal, RefundSeen, RefundState, StripeFact};
 pub use status::{BookingStatus, PaymentStatus};
 pub use trip::{fold_trip, TripState};

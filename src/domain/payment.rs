@@ -29,7 +29,9 @@ pub struct StripeFact {
     /// disputes).
     pub payment_intent_id: Option<String>,
     /// Amount that must equal the bound amount: the intent's or the charge's
-    /// `amount`. `None` for refunds and disputes, whose amounts are their own.
+    /// `amount`. `None` for refunds and disputes, whose amounts are their own
+    /// (carried in the signal), and when the body had none: an intent or
+    /// charge event without it is stored and not applied.
     pub amount_cents: Option<Cents>,
     pub currency: Option<Currency>,
     /// `metadata.bookingId` / `tripId` / `userId` when present: checked, never
@@ -56,36 +58,88 @@ pub enum PaymentSignal {
     Succeeded,
     Failed,
     Canceled,
-    /// `charge.refunded`: the charge's cumulative `amount_refunded`.
+    /// `charge.refunded`: the charge's cumulative `amount_refunded`, plus the
+    /// refunds the charge lists (older API versions embed them).
     ChargeRefunded {
         amount_refunded_cents: Cents,
+        #[serde(default)]
+        refunds: Vec<RefundSeen>,
     },
     /// `refund.*` and `charge.refund.updated`: one refund's latest status.
-    Refund {
-        refund_id: String,
-        amount_cents: Cents,
-        state: RefundState,
-    },
-    DisputeOpened {
-        dispute_id: String,
-    },
-    DisputeClosed {
-        dispute_id: String,
-        won: bool,
-    },
+    Refund(RefundSeen),
+    /// `charge.dispute.created`.
+    DisputeOpened(DisputeSeen),
+    /// `charge.dispute.closed`, whatever its status: closed means closed.
+    DisputeClosed(DisputeSeen),
     /// Any other type: stored and counted, never applied.
     Unhandled,
 }
 
-/// A refund either counts towards the refunded total or has been reversed
-/// (Stripe status `failed` or `canceled`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// One refund as an event shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundSeen {
+    pub refund_id: String,
+    pub amount_cents: Cents,
+    pub state: RefundState,
+    /// The refund's currency, checked against the bound one when present.
+    #[serde(default)]
+    pub currency: Option<Currency>,
+}
+
+/// A refund's state. It only moves forward (pending → succeeded →
+/// failed/canceled), so a late `pending` cannot resurrect a failed refund.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RefundState {
-    /// `pending`, `requires_action` or `succeeded`: Stripe's own
-    /// `amount_refunded` counts these, so do we.
-    Active,
-    Reversed,
+    /// `pending` or `requires_action`: Stripe's `amount_refunded` counts it.
+    Pending,
+    Succeeded,
+    /// `failed` or `canceled`: the money came back to the charge.
+    Failed,
+}
+
+impl RefundState {
+    /// Counts towards the refunded total.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Pending | Self::Succeeded)
+    }
+
+    /// Stripe's refund `status` (and `refund.failed`, which is a failure
+    /// whatever its body says). Unknown statuses count as pending: money
+    /// Stripe has started to give back.
+    pub fn from_stripe(status: Option<&str>) -> Self {
+        match status {
+            Some("succeeded") => Self::Succeeded,
+            Some("failed" | "canceled") => Self::Failed,
+            _ => Self::Pending,
+        }
+    }
+}
+
+/// One dispute as an event shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisputeSeen {
+    pub dispute_id: String,
+    /// Stripe's dispute `status` (`warning_needs_response`, `needs_response`,
+    /// `won`, `lost`, `prevented`…); empty when the body had none.
+    pub status: String,
+    #[serde(default)]
+    pub amount_cents: Option<Cents>,
+    #[serde(default)]
+    pub currency: Option<Currency>,
+}
+
+impl DisputeSeen {
+    /// An inquiry (`warning_*`) withdraws no funds.
+    pub fn is_inquiry(&self) -> bool {
+        self.status.starts_with("warning_")
+    }
+
+    /// Only `lost` is a chargeback; every other closing status (won,
+    /// warning_closed, prevented, and any Stripe adds) leaves the money here.
+    pub fn is_lost(&self) -> bool {
+        self.status == "lost"
+    }
 }
 
 impl PaymentSignal {
@@ -98,18 +152,24 @@ impl PaymentSignal {
             Self::Canceled => 2,
             Self::Succeeded => 3,
             Self::ChargeRefunded { .. } => 4,
-            Self::Refund {
-                state: RefundState::Active,
-                ..
-            } => 4,
-            Self::Refund {
-                state: RefundState::Reversed,
-                ..
-            } => 5,
-            Self::DisputeOpened { .. } => 6,
-            Self::DisputeClosed { .. } => 7,
+            Self::Refund(r) if r.state.is_active() => 4,
+            Self::Refund(_) => 5,
+            Self::DisputeOpened(_) => 6,
+            Self::DisputeClosed(_) => 7,
             Self::Unhandled => 8,
         }
+    }
+
+    /// A step of the intent's lifecycle (before money is captured).
+    pub fn is_lifecycle(&self) -> bool {
+        matches!(
+            self,
+            Self::Processing
+                | Self::RequiresAction
+                | Self::Succeeded
+                | Self::Failed
+                | Self::Canceled
+        )
     }
 }
 

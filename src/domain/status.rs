@@ -97,11 +97,6 @@ impl PaymentStatus {
                 | Self::ChargedBack
         )
     }
-
-    /// A new payment intent may be bound only from these statuses.
-    pub fn accepts_new_intent(self) -> bool {
-        matches!(self, Self::Unpaid | Self::Failed | Self::Canceled)
-    }
 }
 
 impl fmt::Display for PaymentStatus {

@@ -7,41 +7,44 @@ use super::status::PaymentStatus;
 use std::fmt::Write as _;
 
 /// The columns of the table: what an event means for payment state once the
-/// fold has classified it (refund amounts resolved into partial / full, a
-/// closed dispute into won / lost).
+/// fold has recorded its money fact in the ledger and classified it (a
+/// refund by the refunded total it leaves, a dispute by where all the
+/// booking's disputes stand afterwards).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PaymentInput {
     /// A payment intent bound to the booking (our `PaymentIntentBound`).
+    /// Decisions consult this column; the fold takes every binding as the
+    /// decision it was.
     Bound,
-    /// A bound intent on which Stripe reports a success: captured money
-    /// outranks whatever the booking's other intents said, so it is taken
-    /// from every status that is not settled yet (invariant 5).
-    BoundSucceeded,
     Processing,
     RequiresAction,
     Succeeded,
     Failed,
     Canceled,
-    /// A refund that leaves part of the bound amount unrefunded.
+    /// A refund fact after which part of the captured amount is refunded.
     RefundPartial,
-    /// A refund that brings the refunded total to the bound amount.
+    /// A refund fact after which all of it is refunded.
     RefundFull,
     /// A refund failed or was canceled, and nothing stays refunded.
     RefundReversedNoneLeft,
     /// A refund failed or was canceled, and some other refund remains.
     RefundReversedSomeLeft,
+    /// A dispute fact after which a dispute (or inquiry) is open.
     DisputeOpened,
-    /// Dispute closed `won` / `warning_closed`, nothing refunded.
+    /// Every dispute closed without a loss (won, warning_closed, prevented,
+    /// any other status but lost), nothing refunded.
     DisputeWonNoRefund,
-    /// Dispute closed `won` / `warning_closed`, part of it refunded earlier.
+    /// Every dispute closed without a loss, part of the money refunded.
     DisputeWonPartRefund,
+    /// Every dispute closed without a loss, all of it refunded (a refund
+    /// may resolve an inquiry).
+    DisputeWonFullRefund,
     DisputeLost,
 }
 
 impl PaymentInput {
     pub const ALL: [PaymentInput; 15] = [
         Self::Bound,
-        Self::BoundSucceeded,
         Self::Processing,
         Self::RequiresAction,
         Self::Succeeded,
@@ -54,13 +57,13 @@ impl PaymentInput {
         Self::DisputeOpened,
         Self::DisputeWonNoRefund,
         Self::DisputeWonPartRefund,
+        Self::DisputeWonFullRefund,
         Self::DisputeLost,
     ];
 
     pub fn label(self) -> &'static str {
         match self {
             Self::Bound => "bound (new intent)",
-            Self::BoundSucceeded => "bound (intent that succeeded)",
             Self::Processing => "processing",
             Self::RequiresAction => "requires_action",
             Self::Succeeded => "succeeded",
@@ -73,6 +76,7 @@ impl PaymentInput {
             Self::DisputeOpened => "dispute opened",
             Self::DisputeWonNoRefund => "dispute won (no refund)",
             Self::DisputeWonPartRefund => "dispute won (part refunded)",
+            Self::DisputeWonFullRefund => "dispute won (all refunded)",
             Self::DisputeLost => "dispute lost",
         }
     }
@@ -97,36 +101,39 @@ use PaymentStatus::{
 const NO: Option<PaymentStatus> = None;
 
 /// Rows follow [`PaymentStatus::ALL`], columns [`PaymentInput::ALL`]:
-/// bound, bound succeeded, processing, requires_action, succeeded, failed,
-/// canceled, refund partial, refund full, reversed none left, reversed some
-/// left, dispute opened, won no refund, won part refunded, lost.
-/// `None` is a rejection; a cell equal to its row is a no-op.
+/// bound, processing, requires_action, succeeded, failed, canceled,
+/// refund partial, refund full, reversed none left, reversed some left,
+/// dispute opened, won no refund, won part refunded, won all refunded, lost.
+/// `None` is a rejection (the status stays; the money fact is still in the
+/// ledger); a cell equal to its row is a no-op.
 ///
-/// Two cells go beyond DESIGN.md's intended shape, both so that no late or
-/// reordered event can undo a payment (invariant 5 outranks the shape):
-/// `canceled` + succeeded → paid (Stripe never succeeds a canceled intent;
-/// if it ever says both, the captured money wins), and the
-/// "bound (intent that succeeded)" column.
+/// Cells beyond DESIGN.md's intended shape, each so that the status always
+/// says what the ledger holds (invariant 5 and "money facts are never
+/// dropped"): `canceled` + succeeded → paid (captured money wins); a
+/// refunded charge can still be disputed; every settled, undisputed row
+/// reads refunds by the total they leave; a dispute closed without a loss
+/// goes back to what the refunds say, and one closed lost is a chargeback
+/// even when its opening was never delivered.
 #[rustfmt::skip]
 const TABLE: [[Option<PaymentStatus>; 15]; 10] = [
     // unpaid
-    [Some(Pe), Some(Pe), NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO],
+    [Some(Pe), NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO],
     // pending
-    [Some(Pe), Some(Pe), Some(Ps), Some(Pe), Some(Pd), Some(Fa), Some(Cn), NO, NO, NO, NO, NO, NO, NO, NO],
+    [Some(Pe), Some(Ps), Some(Pe), Some(Pd), Some(Fa), Some(Cn), NO, NO, NO, NO, NO, NO, NO, NO, NO],
     // processing
-    [NO, Some(Pe), Some(Ps), Some(Pe), Some(Pd), Some(Fa), Some(Cn), NO, NO, NO, NO, NO, NO, NO, NO],
+    [NO, Some(Ps), Some(Pe), Some(Pd), Some(Fa), Some(Cn), NO, NO, NO, NO, NO, NO, NO, NO, NO],
     // failed
-    [Some(Pe), Some(Pe), Some(Ps), Some(Pe), Some(Pd), Some(Fa), Some(Cn), NO, NO, NO, NO, NO, NO, NO, NO],
+    [Some(Pe), Some(Ps), Some(Pe), Some(Pd), Some(Fa), Some(Cn), NO, NO, NO, NO, NO, NO, NO, NO, NO],
     // canceled
-    [Some(Pe), Some(Pe), NO, NO, Some(Pd), NO, Some(Cn), NO, NO, NO, NO, NO, NO, NO, NO],
+    [Some(Pe), NO, NO, Some(Pd), NO, Some(Cn), NO, NO, NO, NO, NO, NO, NO, NO, NO],
     // paid
-    [NO, NO, NO, NO, Some(Pd), NO, NO, Some(Pr), Some(Rf), Some(Pd), NO, Some(Di), NO, NO, NO],
+    [NO, NO, NO, Some(Pd), NO, NO, Some(Pr), Some(Rf), Some(Pd), Some(Pr), Some(Di), Some(Pd), Some(Pr), Some(Rf), Some(Cb)],
     // partially_refunded
-    [NO, NO, NO, NO, NO, NO, NO, Some(Pr), Some(Rf), Some(Pd), Some(Pr), Some(Di), NO, NO, NO],
+    [NO, NO, NO, NO, NO, NO, Some(Pr), Some(Rf), Some(Pd), Some(Pr), Some(Di), Some(Pd), Some(Pr), Some(Rf), Some(Cb)],
     // refunded
-    [NO, NO, NO, NO, NO, NO, NO, NO, Some(Rf), Some(Pd), Some(Pr), NO, NO, NO, NO],
+    [NO, NO, NO, NO, NO, NO, Some(Pr), Some(Rf), Some(Pd), Some(Pr), Some(Di), Some(Pd), Some(Pr), Some(Rf), Some(Cb)],
     // disputed
-    [NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, Some(Di), Some(Pd), Some(Pr), Some(Cb)],
+    [NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, Some(Di), Some(Pd), Some(Pr), Some(Rf), Some(Cb)],
     // charged_back
     [NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO, NO],
 ];
@@ -147,6 +154,58 @@ pub fn transition(from: PaymentStatus, input: PaymentInput) -> Transition {
     }
 }
 
+/// How the status follows from the ledger: the part of `docs/TRANSITIONS.md`
+/// below the table.
+const LEDGER_DOC: &str = "
+## How the status follows from the ledger
+
+Every authentic event bound to the booking's current intent records its money fact in
+the booking's ledger (`src/domain/ledger.rs`) before the table is consulted, whatever
+the cell says:
+
+- **captured**: Stripe reported `payment_intent.succeeded` for the intent.
+- **refunds**, by refund id, each with its latest state. A state only moves forward
+  (pending/requires_action → succeeded → failed/canceled), so a late `refund.created`
+  cannot bring a failed refund back. The refunds a `charge.refunded` body lists count as
+  observations of those refunds too.
+- **the charge's cumulative `amount_refunded`**, as a high-water mark over every
+  `charge.refunded`, so a smaller, older total folded last cannot lower it.
+- **disputes**, by dispute id, each with its latest phase: open (an inquiry,
+  `warning_needs_response`/`warning_under_review`, or a dispute, `needs_response`/
+  `under_review`), then closed. `charge.dispute.closed` always closes, whatever its
+  status; only `lost` is a chargeback (`won`, `warning_closed`, `prevented` and any
+  status Stripe adds leave the money here).
+
+From the ledger, with *captured amount* = the bound amount of the current intent:
+
+- **refunded** = the larger of (the sum of refunds pending or succeeded) and (the
+  high-water mark less the refunds known to have failed or been canceled), never more
+  than the captured amount. Each source may miss a refund the other saw; a failed
+  refund gives its amount back in both.
+- Before capture, the status is the intent's lifecycle through the table (pending,
+  processing, failed, canceled).
+- After capture: a lost dispute → `charged_back`; else an open dispute or inquiry →
+  `disputed`; else refunded = 0 → `paid`, 0 < refunded < captured →
+  `partially_refunded`, refunded = captured → `refunded`.
+
+The money columns are read off the ledger after the event: a refund fact by the
+refunded total it leaves (and whether the total went down), a dispute fact by where all
+the booking's disputes stand. That is why the settled rows agree with the rules above
+whatever order the facts arrive in, and why a rejected cell only keeps the status: a
+refund during an open inquiry is recorded, and when the inquiry closes `warning_closed`
+the booking is `refunded`.
+
+Events of an earlier (superseded) intent never reach the ledger; events that fail a
+guard (livemode, metadata, amount or currency — an intent or charge event without its
+amount or currency fails it too) never reach it either.
+";
+
+/// A new payment intent may be bound from this status (the "bound" column;
+/// `pending` answers with the pending intent instead).
+pub fn accepts_new_intent(status: PaymentStatus) -> bool {
+    status != PaymentStatus::Pending && transition(status, PaymentInput::Bound) != Transition::Reject
+}
+
 /// The table as a Markdown document. `docs/TRANSITIONS.md` is this text; a
 /// test fails when the two differ.
 pub fn render_markdown() -> String {
@@ -159,15 +218,16 @@ pub fn render_markdown() -> String {
     );
     out.push_str(
         "Rows: the booking's current payment status. Columns: the event, as the fold \
-         classifies it. A status is the new status; `no-op` keeps the status (a refund \
-         may still change the refunded amount); `—` rejects the event (stored, outcome \
-         `rejected`, reason `invalid_transition`, state unchanged). `pending*`: a new \
-         intent is bound only when none is current or the current one failed or was \
-         canceled; a second intent while one is pending is rejected (`intent_pending`). \
-         \"bound (intent that succeeded)\": an intent on which Stripe reports a success \
-         takes over from any status that is not settled, and `canceled` + succeeded is \
-         `paid`: captured money always wins, so no late or reordered event can undo a \
-         payment (invariant 5).\n\n",
+         classifies it after recording its money fact in the ledger. A status is the new \
+         status; `no-op` keeps the status (a refund may still change the refunded \
+         amount); `—` means the status does not change: the event is stored, and its money \
+         fact is still recorded in the ledger (outcome `rejected`, reason \
+         `invalid_transition`, when nothing visible changed). `pending*`: a new intent is \
+         bound only when none is current or the current one failed or was canceled; while \
+         one is pending the intent endpoint returns it. The fold does not re-judge a \
+         binding: the latest binding is the current intent, and the events of every \
+         earlier intent are `excluded` / `superseded_intent` (one that succeeded produces \
+         `refund_required`).\n\n",
     );
     out.push_str("| from |");
     for input in PaymentInput::ALL {
@@ -194,6 +254,7 @@ pub fn render_markdown() -> String {
         }
         out.push('\n');
     }
+    out.push_str(LEDGER_DOC);
     out
 }
 
@@ -261,9 +322,12 @@ mod tests {
             (S::Disputed, I::DisputeLost, Transition::To(S::ChargedBack)),
             (S::Disputed, I::DisputeWonNoRefund, Transition::To(S::Paid)),
             (S::Canceled, I::Succeeded, Transition::To(S::Paid)),
-            (S::Processing, I::BoundSucceeded, Transition::To(S::Pending)),
             (S::Processing, I::Bound, Transition::Reject),
-            (S::Paid, I::BoundSucceeded, Transition::Reject),
+            (S::Paid, I::Bound, Transition::Reject),
+            (S::Disputed, I::RefundFull, Transition::Reject),
+            (S::Disputed, I::DisputeWonFullRefund, Transition::To(S::Refunded)),
+            (S::Refunded, I::DisputeOpened, Transition::To(S::Disputed)),
+            (S::Paid, I::DisputeLost, Transition::To(S::ChargedBack)),
         ];
         for (from, input, want) in cases {
             assert_eq!(transition(from, input), want, "{from} + {input:?}");

@@ -14,6 +14,8 @@ use super::idempotency::{self, Written};
 use super::{ApiError, AppState};
 use crate::auth::Caller;
 use crate::domain::decide::BindPaymentIntent;
+use crate::domain::money::fare;
+use crate::domain::table::accepts_new_intent;
 use crate::domain::{BookingStatus, Command, Currency, DomainError, PaymentStatus};
 use crate::store::SubmitError;
 use crate::stripe::gateway::{GatewayError, IntentRequest};
@@ -76,8 +78,9 @@ async fn intent(
                     booking.status
                 )));
             }
-            let expected = trip.price_per_seat_cents * i64::from(booking.passengers);
-            if req.amount_cents != expected {
+            let expected = fare(trip.price_per_seat_cents, booking.passengers)
+                .map_err(|e| ApiError::validation(format!("fare: {e}")))?;
+            if req.amount_cents != expected.get() {
                 state.metrics.incr("security.amount_tampering");
                 return Err(ApiError::validation(format!(
                     "amountCents must equal the fare times passengers ({expected})"
@@ -120,7 +123,7 @@ async fn intent(
                     ));
                 }
             }
-            if !booking.payment_status.accepts_new_intent() {
+            if !accepts_new_intent(booking.payment_status) {
                 return Err(ApiError::conflict(format!(
                     "payment is {}, nothing to pay",
                     booking.payment_status

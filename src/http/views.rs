@@ -1,6 +1,7 @@
 //! JSON shapes of the API (CONTRACT.md: camelCase, integer minor units,
 //! RFC 3339 UTC times, string ids).
 
+use crate::domain::money::fare;
 use crate::domain::TripState;
 use crate::projection::BookingView;
 use crate::store::TimelineEntry;
@@ -32,7 +33,8 @@ pub fn trip(t: &TripState) -> Value {
 /// The projected booking. Before an intent is bound, `amountCents` and
 /// `currency` are what the booking costs (fare × passengers).
 pub fn booking(b: &BookingView, t: &TripState) -> Value {
-    let owed = t.price_per_seat_cents * i64::from(b.passengers);
+    // A fare that overflows cannot have been accepted; 0 says "unknown".
+    let owed = fare(t.price_per_seat_cents, b.passengers).unwrap_or_default();
     json!({
         "id": b.booking_id,
         "tripId": b.trip_id,
@@ -52,7 +54,7 @@ pub fn booking(b: &BookingView, t: &TripState) -> Value {
 }
 
 pub fn timeline_entry(e: &TimelineEntry) -> Value {
-    json!({
+    let mut entry = json!({
         "seq": e.seq,
         "kind": e.kind,
         "source": e.source,
@@ -61,5 +63,11 @@ pub fn timeline_entry(e: &TimelineEntry) -> Value {
         "recordedAt": time(&e.recorded_at),
         "outcome": e.outcome.as_ref().map(|o| o.outcome.as_str()),
         "reason": e.outcome.as_ref().and_then(|o| o.reason.clone()),
-    })
+    });
+    if let Some(s) = &e.stripe {
+        entry["stripeEventId"] = json!(s.event_id);
+        entry["stripeEventType"] = json!(s.event_type);
+        entry["paymentIntentId"] = json!(s.payment_intent_id);
+    }
+    entry
 }

@@ -83,7 +83,7 @@ macro_rules! impl_event_store {
             async fn timeline(&self, booking_id: &str) -> Result<Vec<TimelineEntry>, StoreError> {
                 let rows = sqlx::query(&format!(
                     "SELECT h.seq, h.kind, h.source, h.stream, h.occurred_at, h.recorded_at, \
-                        o.outcome, o.reason \
+                        h.payload, o.outcome, o.reason \
                      FROM ({}) h LEFT JOIN event_outcomes o ON o.seq = h.seq ORDER BY h.seq",
                     booking_history_sql()
                 ))
@@ -93,14 +93,17 @@ macro_rules! impl_event_store {
                 .await?;
                 let mut out = Vec::with_capacity(rows.len());
                 for r in &rows {
+                    let kind: String = r.try_get("kind")?;
+                    let stripe = StripeRef::from_stored(&kind, r.try_get("payload")?)?;
                     out.push(TimelineEntry {
                         seq: r.try_get("seq")?,
-                        kind: r.try_get("kind")?,
+                        kind,
                         source: r.try_get("source")?,
                         stream: r.try_get("stream")?,
                         occurred_at: row_time(r, "occurred_at")?,
                         recorded_at: row_time(r, "recorded_at")?,
                         outcome: outcome_from_row(r)?,
+                        stripe,
                     });
                 }
                 Ok(out)

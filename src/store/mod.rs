@@ -176,6 +176,34 @@ pub struct TimelineEntry {
     pub occurred_at: DateTime<Utc>,
     pub recorded_at: DateTime<Utc>,
     pub outcome: Option<EventOutcome>,
+    /// For Stripe events: what matches the entry with Stripe's dashboard.
+    pub stripe: Option<StripeRef>,
+}
+
+/// A Stripe event's identity on the timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StripeRef {
+    pub event_id: String,
+    pub event_type: String,
+    pub payment_intent_id: Option<String>,
+}
+
+impl StripeRef {
+    /// Read from a stored event's kind and payload; `None` for our own kinds.
+    pub fn from_stored(kind: &str, payload: &str) -> Result<Option<Self>, StoreError> {
+        if kind != "StripeEventReceived" {
+            return Ok(None);
+        }
+        match crate::domain::Event::from_parts(kind, payload) {
+            Ok(crate::domain::Event::StripeEventReceived(f)) => Ok(Some(Self {
+                event_id: f.event_id,
+                event_type: f.event_type,
+                payment_intent_id: f.payment_intent_id,
+            })),
+            Ok(_) => Ok(None),
+            Err(e) => Err(StoreError::Corrupt(e.to_string())),
+        }
+    }
 }
 
 /// Where an `Idempotency-Key` stands when a request arrives.

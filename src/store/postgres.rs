@@ -7,7 +7,7 @@
 
 use super::chain::ChainKey;
 use super::migrations::{migrator, Dialect};
-use super::sql::{booking_history_sql, prefixed_columns, EVENT_COLUMNS};
+use super::sql::{self, booking_history_sql, prefixed_columns, EVENT_COLUMNS};
 use super::sqlite::batch_error;
 use super::unit::{
     run_batch, BatchEnv, BatchError, ExistingKey, Histories, JobResult, NewRow, OutboxRow,
@@ -16,10 +16,10 @@ use super::unit::{
 use super::writer::{BatchRunner, Writer};
 use super::{
     now, IdempotencyBegin, LedgerStats, StoreError, StoredEvent, Submission, SubmitError,
-    Submitted, TimelineEntry,
+    StripeRef, Submitted, TimelineEntry,
 };
 use crate::domain::fold::OutcomeKind;
-use crate::domain::{BookingStatus, Currency, EventOutcome, PaymentStatus, TripState};
+use crate::domain::{BookingStatus, Cents, Currency, EventOutcome, PaymentStatus, TripState};
 use crate::projection::BookingView;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -200,7 +200,7 @@ fn trip_from_row(row: &PgRow) -> Result<TripState, sqlx::Error> {
         org_id: row.try_get("org_id")?,
         title: row.try_get("title")?,
         seats: row.try_get::<i32, _>("seats")? as u32,
-        price_per_seat_cents: row.try_get("price_per_seat_cents")?,
+        price_per_seat_cents: sql::cents(row.try_get("price_per_seat_cents")?)?,
         currency: Currency::parse(&currency).map_err(|_| decode_err("currency", &currency))?,
         departure_time: row.try_get("departure_time")?,
         cancelled: row.try_get("cancelled")?,
@@ -224,12 +224,15 @@ fn booking_from_row(row: &PgRow) -> Result<BookingView, sqlx::Error> {
         payment_status: PaymentStatus::parse(&payment_status)
             .ok_or_else(|| decode_err("payment status", &payment_status))?,
         payment_intent_id: row.try_get("payment_intent_id")?,
-        amount_cents: row.try_get("amount_cents")?,
+        amount_cents: row
+            .try_get::<Option<i64>, _>("amount_cents")?
+            .map(sql::cents)
+            .transpose()?,
         currency: match currency {
             Some(c) => Some(Currency::parse(&c).map_err(|_| decode_err("currency", &c))?),
             None => None,
         },
-        amount_refunded_cents: row.try_get("amount_refunded_cents")?,
+        amount_refunded_cents: sql::cents(row.try_get("amount_refunded_cents")?)?,
         attempts: row.try_get::<i32, _>("attempts")? as u32,
         version: row.try_get("version")?,
         last_event_seq: row.try_get("last_event_seq")?,
@@ -482,9 +485,9 @@ impl UnitTx for PgUnit {
         .bind(col(|v| Some(v.status.as_str().to_string())))
         .bind(col(|v| Some(v.payment_status.as_str().to_string())))
         .bind(col(|v| v.payment_intent_id.clone()))
-        .bind(num(|v| v.amount_cents))
+        .bind(num(|v| v.amount_cents.map(Cents::get)))
         .bind(col(|v| v.currency.as_ref().map(|c| c.as_str().to_string())))
-        .bind(num(|v| Some(v.amount_refunded_cents)))
+        .bind(num(|v| Some(v.amount_refunded_cents.get())))
         .bind(
             bookings
                 .iter()
@@ -560,7 +563,7 @@ impl UnitTx for PgUnit {
         .bind(&t.org_id)
         .bind(&t.title)
         .bind(t.seats as i32)
-        .bind(t.price_per_seat_cents)
+        .bind(t.price_per_seat_cents.get())
         .bind(t.currency.as_str())
         .bind(t.departure_time)
         .bind(t.cancelled)

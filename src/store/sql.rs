@@ -1,6 +1,11 @@
 //! SQL text both backends share (SQLite accepts PostgreSQL's `$N`
 //! placeholders, so identical statements are written once).
 
+/// A stored amount: never negative (the domain never writes one).
+pub(crate) fn cents(raw: i64) -> Result<crate::domain::Cents, sqlx::Error> {
+    crate::domain::Cents::new(raw).map_err(|e| sqlx::Error::Decode(e.to_string().into()))
+}
+
 /// Every column of `events`, in `StoredEvent` order.
 pub(crate) const EVENT_COLUMNS: &str = "seq, stream, stream_version, kind, source, \
     idempotency_key, occurred_at, recorded_at, payload, raw_payload, fingerprint, prev_hash, hash";

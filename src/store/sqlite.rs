@@ -4,7 +4,7 @@
 
 use super::chain::ChainKey;
 use super::migrations::{migrator, Dialect};
-use super::sql::{booking_history_sql, prefixed_columns, EVENT_COLUMNS};
+use super::sql::{self, booking_history_sql, prefixed_columns, EVENT_COLUMNS};
 use super::unit::{
     run_batch, BatchEnv, BatchError, ExistingKey, Histories, JobResult, NewRow, OutboxRow,
     OutcomeRow, UnitTx,
@@ -12,7 +12,7 @@ use super::unit::{
 use super::writer::{BatchRunner, Writer};
 use super::{
     now, IdempotencyBegin, LedgerStats, StoreError, StoredEvent, Submission, SubmitError,
-    Submitted, TimelineEntry,
+    StripeRef, Submitted, TimelineEntry,
 };
 use crate::domain::fold::OutcomeKind;
 use crate::domain::{BookingStatus, Currency, EventOutcome, PaymentStatus, TripState};
@@ -196,7 +196,7 @@ fn trip_from_row(row: &SqliteRow) -> Result<TripState, sqlx::Error> {
         org_id: row.try_get("org_id")?,
         title: row.try_get("title")?,
         seats: row.try_get::<i64, _>("seats")? as u32,
-        price_per_seat_cents: row.try_get("price_per_seat_cents")?,
+        price_per_seat_cents: sql::cents(row.try_get("price_per_seat_cents")?)?,
         currency: Currency::parse(&currency).map_err(|_| decode_err("currency", &currency))?,
         departure_time: parse_time(&row.try_get::<String, _>("departure_time")?)?,
         cancelled: row.try_get::<bool, _>("cancelled")?,
@@ -220,12 +220,15 @@ fn booking_from_row(row: &SqliteRow) -> Result<BookingView, sqlx::Error> {
         payment_status: PaymentStatus::parse(&payment_status)
             .ok_or_else(|| decode_err("payment status", &payment_status))?,
         payment_intent_id: row.try_get("payment_intent_id")?,
-        amount_cents: row.try_get("amount_cents")?,
+        amount_cents: row
+            .try_get::<Option<i64>, _>("amount_cents")?
+            .map(sql::cents)
+            .transpose()?,
         currency: match currency {
             Some(c) => Some(Currency::parse(&c).map_err(|_| decode_err("currency", &c))?),
             None => None,
         },
-        amount_refunded_cents: row.try_get("amount_refunded_cents")?,
+        amount_refunded_cents: sql::cents(row.try_get("amount_refunded_cents")?)?,
         attempts: row.try_get::<i64, _>("attempts")? as u32,
         version: row.try_get("version")?,
         last_event_seq: row.try_get("last_event_seq")?,
@@ -521,7 +524,7 @@ impl UnitTx for SqliteUnit<'_> {
         .bind(&t.org_id)
         .bind(&t.title)
         .bind(i64::from(t.seats))
-        .bind(t.price_per_seat_cents)
+        .bind(t.price_per_seat_cents.get())
         .bind(t.currency.as_str())
         .bind(super::format_time(&t.departure_time))
         .bind(t.cancelled)

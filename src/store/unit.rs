@@ -12,7 +12,7 @@ use super::{format_time, ExpectedVersion, StoredEvent, Submission, SubmitError, 
 use crate::domain::fold::{reason, OutcomeKind};
 use crate::domain::{
     decide, fold_booking, fold_trip, BookingFold, BookingState, BookingStatus, Command, Context,
-    Event, EventOutcome, PaymentSignal, Recorded, TripState,
+    Event, EventOutcome, PaymentSignal, Recorded, SideEffect, TripState,
 };
 use crate::projection::BookingView;
 use async_trait::async_trait;
@@ -401,22 +401,12 @@ pub(crate) async fn run_batch<T: UnitTx>(
         let BookingFold {
             state,
             outcomes: folded,
-            refund_required,
+            effects,
         } = fold_booking(booking_id, &history);
         let Some(state) = state else { continue };
         rows_to_save.push(BookingView::from(&state));
-        for pi in refund_required {
-            outbox.push(OutboxRow {
-                message_key: format!("refund_required:{pi}"),
-                kind: "refund_required",
-                booking_id: booking_id.clone(),
-                payload: serde_json::json!({
-                    "bookingId": booking_id,
-                    "paymentIntentId": pi,
-                })
-                .to_string(),
-                created_seq: state.last_event_seq,
-            });
+        for effect in &effects {
+            outbox.push(outbox_row(&state, effect));
         }
         for o in folded {
             // Write only what changed: usually the new events' outcomes.
@@ -493,6 +483,30 @@ pub(crate) async fn run_batch<T: UnitTx>(
         }));
     }
     Ok(answers)
+}
+
+/// The outbox row of one side effect: CONTRACT.md's message body, under the
+/// (booking, type, causing event) key; the insert skips keys already there.
+fn outbox_row(booking: &BookingState, effect: &SideEffect) -> OutboxRow {
+    OutboxRow {
+        message_key: effect.key(&booking.booking_id),
+        kind: effect.kind.as_str(),
+        booking_id: booking.booking_id.clone(),
+        payload: serde_json::json!({
+            "type": effect.kind.as_str(),
+            "bookingId": booking.booking_id,
+            "tripId": booking.trip_id,
+            "userId": booking.user_id,
+            "paymentIntentId": effect.payment_intent_id,
+            "amountCents": effect.amount_cents,
+            "currency": effect.currency.as_ref().map(|c| c.as_str()),
+            "occurredAt": format_time(&effect.occurred_at),
+            "causedBySeq": effect.caused_by_seq,
+            "stripeEventId": effect.stripe_event_id,
+        })
+        .to_string(),
+        created_seq: effect.caused_by_seq,
+    }
 }
 
 /// Where one submission of the batch stands.

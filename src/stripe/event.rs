@@ -7,8 +7,10 @@
 //! fields that type defines, never from `data.object.status` (except for
 //! refunds and closed disputes, whose status *is* the field that type defines).
 
-use crate::domain::money::Currency;
-use crate::domain::payment::{FactMetadata, PaymentSignal, RefundState, StripeFact};
+use crate::domain::money::{Cents, Currency};
+use crate::domain::payment::{
+    DisputeSeen, FactMetadata, PaymentSignal, RefundSeen, RefundState, StripeFact,
+};
 use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,7 +44,7 @@ pub fn parse_event(body: &[u8], expected_livemode: bool) -> Result<StripeFact, P
     };
     // The amount that must equal the binding: only an intent's or a charge's.
     let amount_cents = match object_kind {
-        ObjectKind::PaymentIntent | ObjectKind::Charge => int_field(&object, "amount"),
+        ObjectKind::PaymentIntent | ObjectKind::Charge => cents_field(&object, "amount"),
         _ => None,
     };
     let metadata = match object_kind {
@@ -67,7 +69,7 @@ pub fn parse_event(body: &[u8], expected_livemode: bool) -> Result<StripeFact, P
         object_id,
         payment_intent_id,
         amount_cents,
-        currency: str_field(&object, "currency").and_then(|c| Currency::parse(&c).ok()),
+        currency: currency_field(&object),
         metadata,
     })
 }
@@ -103,50 +105,29 @@ fn signal(event_type: &str, object: &Value) -> PaymentSignal {
         "payment_intent.succeeded" => PaymentSignal::Succeeded,
         "payment_intent.payment_failed" => PaymentSignal::Failed,
         "payment_intent.canceled" => PaymentSignal::Canceled,
-        "charge.refunded" => match int_field(object, "amount_refunded") {
+        "charge.refunded" => match cents_field(object, "amount_refunded") {
             Some(amount_refunded_cents) => PaymentSignal::ChargeRefunded {
                 amount_refunded_cents,
+                refunds: embedded_refunds(object),
             },
             None => PaymentSignal::Unhandled,
         },
         "refund.created" | "refund.updated" | "charge.refund.updated" | "refund.failed" => {
-            let (Some(refund_id), Some(amount_cents)) =
-                (str_field(object, "id"), int_field(object, "amount"))
-            else {
-                return PaymentSignal::Unhandled;
-            };
-            // `refund.failed` is a failure by its type, whatever the body says.
-            let reversed = event_type == "refund.failed"
-                || matches!(
-                    str_field(object, "status").as_deref(),
-                    Some("failed" | "canceled")
-                );
-            PaymentSignal::Refund {
-                refund_id,
-                amount_cents,
-                state: if reversed {
-                    RefundState::Reversed
-                } else {
-                    RefundState::Active
-                },
-            }
-        }
-        "charge.dispute.created" => match str_field(object, "id") {
-            Some(dispute_id) => PaymentSignal::DisputeOpened { dispute_id },
-            None => PaymentSignal::Unhandled,
-        },
-        "charge.dispute.closed" => {
-            let won = match str_field(object, "status").as_deref() {
-                Some("won" | "warning_closed") => true,
-                Some("lost") => false,
-                // A closed dispute with another status says nothing we can apply.
-                _ => return PaymentSignal::Unhandled,
-            };
-            match str_field(object, "id") {
-                Some(dispute_id) => PaymentSignal::DisputeClosed { dispute_id, won },
+            match refund_seen(object, event_type == "refund.failed") {
+                Some(seen) => PaymentSignal::Refund(seen),
                 None => PaymentSignal::Unhandled,
             }
         }
+        "charge.dispute.created" => match dispute_seen(object) {
+            Some(seen) => PaymentSignal::DisputeOpened(seen),
+            None => PaymentSignal::Unhandled,
+        },
+        // Closed means closed, whatever the status (won, lost,
+        // warning_closed, prevented, or one Stripe adds later).
+        "charge.dispute.closed" => match dispute_seen(object) {
+            Some(seen) => PaymentSignal::DisputeClosed(seen),
+            None => PaymentSignal::Unhandled,
+        },
         _ => PaymentSignal::Unhandled,
     }
 }
@@ -157,6 +138,56 @@ fn str_field(v: &Value, key: &str) -> Option<String> {
 
 fn int_field(v: &Value, key: &str) -> Option<i64> {
     v.get(key).and_then(Value::as_i64)
+}
+
+/// A non-negative integer amount; a negative or non-integer one is absent.
+fn cents_field(v: &Value, key: &str) -> Option<Cents> {
+    int_field(v, key).and_then(|a| Cents::new(a).ok())
+}
+
+fn currency_field(v: &Value) -> Option<Currency> {
+    str_field(v, "currency").and_then(|c| Currency::parse(&c).ok())
+}
+
+/// One refund object. `failed_by_type`: `refund.failed` is a failure by its
+/// type, whatever the body says.
+fn refund_seen(object: &Value, failed_by_type: bool) -> Option<RefundSeen> {
+    let refund_id = str_field(object, "id")?;
+    let amount_cents = cents_field(object, "amount")?;
+    let state = if failed_by_type {
+        RefundState::Failed
+    } else {
+        RefundState::from_stripe(str_field(object, "status").as_deref())
+    };
+    Some(RefundSeen {
+        refund_id,
+        amount_cents,
+        state,
+        currency: currency_field(object),
+    })
+}
+
+/// The refunds a charge lists: `refunds.data` (a list object) or, in the
+/// oldest bodies, a bare array.
+fn embedded_refunds(charge: &Value) -> Vec<RefundSeen> {
+    let list = match charge.get("refunds") {
+        Some(Value::Array(items)) => items.as_slice(),
+        Some(Value::Object(o)) => match o.get("data") {
+            Some(Value::Array(items)) => items.as_slice(),
+            _ => &[],
+        },
+        _ => &[],
+    };
+    list.iter().filter_map(|r| refund_seen(r, false)).collect()
+}
+
+fn dispute_seen(object: &Value) -> Option<DisputeSeen> {
+    Some(DisputeSeen {
+        dispute_id: str_field(object, "id")?,
+        status: str_field(object, "status").unwrap_or_default(),
+        amount_cents: cents_field(object, "amount"),
+        currency: currency_field(object),
+    })
 }
 
 /// Stripe fields like `payment_intent` are an id, or the object when expanded.
@@ -228,11 +259,8 @@ mod tests {
             if fact.event_type == "refund.failed" {
                 assert!(
                     matches!(
-                        fact.signal,
-                        PaymentSignal::Refund {
-                            state: RefundState::Reversed,
-                            ..
-                        }
+                        &fact.signal,
+                        PaymentSignal::Refund(r) if r.state == RefundState::Failed
                     ),
                     "{name}: refund.failed must reverse whatever the object status says"
                 );
@@ -247,15 +275,58 @@ mod tests {
             "currency":"ZAR","amount_refunded":200,"metadata":{"bookingId":7}}}}"#;
         let fact = parse_event(body, true).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(fact.payment_intent_id.as_deref(), Some("pi_9"));
-        assert_eq!(fact.amount_cents, Some(500));
+        assert_eq!(fact.amount_cents.map(Cents::get), Some(500));
         assert_eq!(fact.currency.as_ref().map(Currency::as_str), Some("zar"));
         assert_eq!(fact.metadata.booking_id.as_deref(), Some("7"));
-        assert_eq!(
+        assert!(matches!(
             fact.signal,
-            PaymentSignal::ChargeRefunded {
-                amount_refunded_cents: 200
+            PaymentSignal::ChargeRefunded { amount_refunded_cents, .. }
+                if amount_refunded_cents.get() == 200
+        ));
+    }
+
+    #[test]
+    fn every_closing_status_closes_and_only_lost_is_a_chargeback() {
+        for (status, lost) in [
+            ("won", false),
+            ("lost", true),
+            ("warning_closed", false),
+            ("prevented", false),
+            ("some_future_status", false),
+        ] {
+            let body = format!(
+                r#"{{"id":"evt_1","type":"charge.dispute.closed","created":5,
+                "data":{{"object":{{"id":"du_1","payment_intent":"pi_1","amount":500,
+                "currency":"zar","status":"{status}"}}}}}}"#
+            );
+            let fact = parse_event(body.as_bytes(), false).unwrap_or_else(|e| panic!("{e}"));
+            match fact.signal {
+                PaymentSignal::DisputeClosed(d) => assert_eq!(d.is_lost(), lost, "{status}"),
+                other => panic!("{status}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn refund_states_and_embedded_refunds() {
+        let body = br#"{"id":"evt_2","type":"charge.refunded","created":5,
+            "data":{"object":{"id":"ch_1","payment_intent":"pi_1","amount":500,"currency":"zar",
+            "amount_refunded":300,"refunds":{"object":"list","data":[
+              {"id":"re_1","amount":100,"status":"succeeded","currency":"zar"},
+              {"id":"re_2","amount":200,"status":"pending"}]}}}}"#;
+        let fact = parse_event(body, false).unwrap_or_else(|e| panic!("{e}"));
+        let PaymentSignal::ChargeRefunded { refunds, .. } = fact.signal else {
+            panic!("{:?}", fact.signal)
+        };
+        let states: Vec<_> = refunds.iter().map(|r| (r.refund_id.as_str(), r.state)).collect();
+        assert_eq!(
+            states,
+            [("re_1", RefundState::Succeeded), ("re_2", RefundState::Pending)]
         );
+        let negative = br#"{"id":"evt_3","type":"payment_intent.succeeded","created":5,
+            "data":{"object":{"id":"pi_1","amount":-5,"currency":"zar"}}}"#;
+        let fact = parse_event(negative, false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(fact.amount_cents, None, "a negative amount is no amount");
     }
 
     #[test]

@@ -183,7 +183,7 @@ impl TestDb {
             booking_id: booking.into(),
             actor: user.into(),
             payment_intent_id: pi.into(),
-            amount_cents: amount,
+            amount_cents: klubz_ledger::domain::Cents::new(amount).unwrap(),
             currency: zar(),
         }))
         .await

@@ -175,7 +175,7 @@ pub async fn payment_lifecycle_with_partial_and_full_refund(backend: Backend) {
     .unwrap();
     let b = db.store.booking("b1").await.unwrap().unwrap();
     assert_eq!(
-        (b.payment_status, b.amount_refunded_cents),
+        (b.payment_status, b.amount_refunded_cents.get()),
         (PaymentStatus::PartiallyRefunded, 500)
     );
     db.stripe(&event(
@@ -188,7 +188,7 @@ pub async fn payment_lifecycle_with_partial_and_full_refund(backend: Backend) {
     .unwrap();
     let b = db.store.booking("b1").await.unwrap().unwrap();
     assert_eq!(
-        (b.payment_status, b.amount_refunded_cents),
+        (b.payment_status, b.amount_refunded_cents.get()),
         (PaymentStatus::Refunded, 2000)
     );
     assert_eq!(b.payment_intent_id.as_deref(), Some("pi_1"));
@@ -371,7 +371,7 @@ pub async fn reversed_refund_gives_its_amount_back(backend: Backend) {
     .unwrap();
     let b = db.store.booking("b1").await.unwrap().unwrap();
     assert_eq!(
-        (b.payment_status, b.amount_refunded_cents),
+        (b.payment_status, b.amount_refunded_cents.get()),
         (PaymentStatus::Paid, 0)
     );
     // Refunds beyond the bound amount are capped.
@@ -393,7 +393,7 @@ pub async fn reversed_refund_gives_its_amount_back(backend: Backend) {
     .unwrap();
     let b = db.store.booking("b1").await.unwrap().unwrap();
     assert_eq!(
-        (b.payment_status, b.amount_refunded_cents),
+        (b.payment_status, b.amount_refunded_cents.get()),
         (PaymentStatus::Refunded, 2000)
     );
     assert_verified(&db).await;
@@ -705,9 +705,17 @@ pub async fn read_apis_page_and_stream_in_order(backend: Backend) {
         .all(|(i, e)| e.stream_version == i as i64 + 1));
 }
 
+/// Outbox keys of one message type.
+async fn outbox_of(db: &TestDb, booking: &str, kind: &str) -> Vec<String> {
+    let prefix = format!("{kind}:{booking}:");
+    let keys = db.store.outbox_keys(booking).await.unwrap();
+    keys.into_iter().filter(|k| k.starts_with(&prefix)).collect()
+}
+
 /// Side effects follow real transitions, once: a superseded intent that
-/// also took money, and a cancelled paid booking, each yield one
-/// `refund_required`, however often events are redelivered.
+/// also took money yields one `refund_required` however often its success
+/// is redelivered, and never takes the booking over; a cancelled paid
+/// booking yields one, and another when its refund fails.
 pub async fn side_effects_are_produced_once(backend: Backend) {
     let db = TestDb::new(backend).await;
     db.accepted_booking().await;
@@ -721,27 +729,8 @@ pub async fn side_effects_are_produced_once(backend: Backend) {
     .await
     .unwrap();
     db.bind("b1", "u1", "pi_2", 2000).await.unwrap();
-    db.stripe(&event(
-        "evt_s2",
-        "payment_intent.succeeded",
-        2,
-        intent("pi_2", 2000),
-    ))
-    .await
-    .unwrap();
-    assert!(db.store.outbox_keys("b1").await.unwrap().is_empty());
-    // The first intent succeeds after all (a retried card): it was bound
-    // first and took money, so it pays; the second must be refunded.
-    for _ in 0..3 {
-        db.stripe(&event(
-            "evt_s1",
-            "payment_intent.succeeded",
-            3,
-            intent("pi_1", 2000),
-        ))
-        .await
-        .unwrap();
-        db.stripe(&event(
+    let s2 = db
+        .stripe(&event(
             "evt_s2",
             "payment_intent.succeeded",
             2,
@@ -749,35 +738,75 @@ pub async fn side_effects_are_produced_once(backend: Backend) {
         ))
         .await
         .unwrap();
+    assert!(outbox_of(&db, "b1", "refund_required").await.is_empty());
+    assert_eq!(
+        outbox_of(&db, "b1", "payment_succeeded").await,
+        vec![format!("payment_succeeded:b1:{}", s2.seq)]
+    );
+    // The first intent succeeds after all (a retried card). Bindings are
+    // decisions: the second intent stays current, the first must be refunded.
+    let mut s1_seq = None;
+    for _ in 0..3 {
+        let s1 = db
+            .stripe(&event(
+                "evt_s1",
+                "payment_intent.succeeded",
+                3,
+                intent("pi_1", 2000),
+            ))
+            .await
+            .unwrap();
+        s1_seq.get_or_insert(s1.seq);
+        if !s1.duplicate {
+            let outcome = s1.outcome.unwrap();
+            assert_eq!(outcome.reason.as_deref(), Some("superseded_intent"));
+        }
     }
     let b = db.store.booking("b1").await.unwrap().unwrap();
     assert_eq!(
         (b.payment_status, b.payment_intent_id.as_deref()),
-        (PaymentStatus::Paid, Some("pi_1"))
+        (PaymentStatus::Paid, Some("pi_2"))
     );
     assert_eq!(
-        db.store.outbox_keys("b1").await.unwrap(),
-        vec!["refund_required:pi_2".to_string()]
+        outbox_of(&db, "b1", "refund_required").await,
+        vec![format!("refund_required:b1:{}", s1_seq.unwrap())]
     );
     // Cancelling the paid booking asks for the refund of the paying intent.
-    db.submit(Command::CancelBooking {
-        booking_id: "b1".into(),
-        actor: "u1".into(),
-    })
-    .await
-    .unwrap();
-    db.submit(Command::CancelBooking {
-        booking_id: "b1".into(),
-        actor: "u1".into(),
-    })
-    .await
-    .unwrap();
+    for _ in 0..2 {
+        db.submit(Command::CancelBooking {
+            booking_id: "b1".into(),
+            actor: "u1".into(),
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(outbox_of(&db, "b1", "refund_required").await.len(), 2);
+    // The operator refunds it in full; the refund then fails: the money is
+    // held again, and that is a new message.
+    let refund = |id: &str, status: &str, created: i64| {
+        event(
+            id,
+            "refund.updated",
+            created,
+            json!({"id": "re_1", "object": "refund", "payment_intent": "pi_2",
+                   "amount": 2000, "currency": "zar", "status": status}),
+        )
+    };
+    db.stripe(&refund("evt_r1", "succeeded", 10)).await.unwrap();
+    assert_eq!(outbox_of(&db, "b1", "refund_required").await.len(), 2);
+    assert_eq!(outbox_of(&db, "b1", "payment_refunded").await.len(), 1);
+    let failed = db.stripe(&refund("evt_r2", "failed", 11)).await.unwrap();
+    let keys = outbox_of(&db, "b1", "refund_required").await;
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(keys.contains(&format!("refund_required:b1:{}", failed.seq)));
+    // Redelivering everything changes nothing.
+    db.stripe(&refund("evt_r1", "succeeded", 10)).await.unwrap();
+    db.stripe(&refund("evt_r2", "failed", 11)).await.unwrap();
+    assert_eq!(outbox_of(&db, "b1", "refund_required").await.len(), 3);
+    let b = db.store.booking("b1").await.unwrap().unwrap();
     assert_eq!(
-        db.store.outbox_keys("b1").await.unwrap(),
-        vec![
-            "refund_required:pi_1".to_string(),
-            "refund_required:pi_2".to_string()
-        ]
+        (b.payment_status, b.amount_refunded_cents.get()),
+        (PaymentStatus::Paid, 0)
     );
     assert_verified(&db).await;
 }
