@@ -12,9 +12,11 @@ use klubz_ledger::domain::decide::{decide, Command, Context, RequestBooking};
 use klubz_ledger::domain::events::{
     BookingDecided, BookingRequested, PaymentIntentBound, TripPublished,
 };
-use klubz_ledger::domain::payment::{FactMetadata, PaymentSignal, RefundState, StripeFact};
+use klubz_ledger::domain::payment::{
+    DisputeSeen, FactMetadata, PaymentSignal, RefundSeen, RefundState, StripeFact,
+};
 use klubz_ledger::domain::{
-    fold_booking, fold_trip, BookingFold, Currency, Event, OutcomeKind, Recorded, TripState,
+    fold_booking, fold_trip, BookingFold, Cents, Currency, Event, OutcomeKind, Recorded, TripState,
 };
 use klubz_ledger::projection::BookingView;
 use proptest::prelude::*;
@@ -30,6 +32,19 @@ fn at(seq: i64) -> chrono::DateTime<Utc> {
     Utc.timestamp_opt(1_800_000_000 + seq, 0).single().unwrap()
 }
 
+fn cents(v: i64) -> Cents {
+    Cents::new(v).unwrap()
+}
+
+fn dispute(id: u8, status: &str) -> DisputeSeen {
+    DisputeSeen {
+        dispute_id: format!("du_{id}"),
+        status: status.into(),
+        amount_cents: Some(cents(BOUND)),
+        currency: Some(zar()),
+    }
+}
+
 fn signal() -> impl Strategy<Value = PaymentSignal> {
     prop_oneof![
         1 => Just(PaymentSignal::Processing),
@@ -37,14 +52,18 @@ fn signal() -> impl Strategy<Value = PaymentSignal> {
         3 => Just(PaymentSignal::Succeeded),
         1 => Just(PaymentSignal::Failed),
         1 => Just(PaymentSignal::Canceled),
-        1 => (0..=BOUND + 500).prop_map(|a| PaymentSignal::ChargeRefunded { amount_refunded_cents: a }),
-        1 => (0..3u8, 1..=BOUND, any::<bool>()).prop_map(|(id, amount, reversed)| PaymentSignal::Refund {
-            refund_id: format!("re_{id}"),
-            amount_cents: amount,
-            state: if reversed { RefundState::Reversed } else { RefundState::Active },
+        1 => (0..=BOUND + 500).prop_map(|a| PaymentSignal::ChargeRefunded {
+            amount_refunded_cents: cents(a),
+            refunds: vec![],
         }),
-        1 => Just(PaymentSignal::DisputeOpened { dispute_id: "du_1".into() }),
-        1 => any::<bool>().prop_map(|won| PaymentSignal::DisputeClosed { dispute_id: "du_1".into(), won }),
+        1 => (0..3u8, 1..=BOUND, 0..3u8).prop_map(|(id, amount, state)| PaymentSignal::Refund(RefundSeen {
+            refund_id: format!("re_{id}"),
+            amount_cents: cents(amount),
+            state: [RefundState::Pending, RefundState::Succeeded, RefundState::Failed][state as usize],
+            currency: Some(zar()),
+        })),
+        1 => (0..2u8, 0..3u8).prop_map(|(id, status)| PaymentSignal::DisputeOpened(dispute(id, ["warning_needs_response", "needs_response", "under_review"][status as usize]))),
+        1 => (0..2u8, 0..4u8).prop_map(|(id, status)| PaymentSignal::DisputeClosed(dispute(id, ["won", "lost", "warning_closed", "prevented"][status as usize]))),
         1 => Just(PaymentSignal::Unhandled),
     ]
 }
@@ -64,7 +83,8 @@ fn fact(index: usize) -> impl Strategy<Value = StripeFact> {
             | PaymentSignal::RequiresAction
             | PaymentSignal::Succeeded
             | PaymentSignal::Failed
-            | PaymentSignal::Canceled => Some(if flaw == 2 { 1 } else { BOUND }),
+            | PaymentSignal::Canceled
+            | PaymentSignal::ChargeRefunded { .. } => Some(cents(if flaw == 2 { 1 } else { BOUND })),
             _ => None,
         },
         currency: Some(zar()),
@@ -107,7 +127,7 @@ fn history() -> impl Strategy<Value = Vec<Event>> {
                     trip_id: "t1".into(),
                     user_id: "u1".into(),
                     payment_intent_id: pi.into(),
-                    amount_cents: BOUND,
+                    amount_cents: cents(BOUND),
                     currency: zar(),
                     attempt: i as u32 + 1,
                 }));
@@ -173,7 +193,7 @@ fn observable(rec: &[Recorded], fold: &BookingFold) -> Observable {
     (
         view,
         outcomes,
-        fold.refund_required.iter().cloned().collect(),
+        fold.refund_required().into_iter().collect(),
     )
 }
 
@@ -210,11 +230,14 @@ proptest! {
     /// (c) the refunded amount stays within the bound amount.
     #[test]
     fn settled_never_goes_back_and_refunds_are_capped(events in history(), shuffle_seed in any::<u64>()) {
+        // Our own events (request, accept, bindings) are decisions recorded
+        // before the Stripe events here; only Stripe's deliveries are shuffled.
+        let own = events.iter().take_while(|e| !matches!(e, Event::StripeEventReceived(_))).count();
         let mut order = events.clone();
         let mut state = shuffle_seed | 1;
-        for i in (1..order.len()).rev() {
+        for i in (own + 1..order.len()).rev() {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let j = (state >> 33) as usize % (i + 1);
+            let j = own + (state >> 33) as usize % (i + 1 - own);
             order.swap(i, j);
         }
         let delivered = deliver(&order);
@@ -223,7 +246,7 @@ proptest! {
             let Some(b) = fold_booking("b1", &delivered[..n]).state else { continue };
             let status = b.payment.status;
             let refunded = b.payment.amount_refunded_cents();
-            prop_assert!((0..=BOUND).contains(&refunded), "refunded {refunded}");
+            prop_assert!((0..=BOUND).contains(&refunded.get()), "refunded {refunded}");
             if let Some(first) = settled_at {
                 prop_assert!(status.is_settled(), "settled at prefix {first}, {status} at prefix {n}");
             } else if status.is_settled() {
@@ -248,7 +271,7 @@ proptest! {
                 org_id: None,
                 title: "t".into(),
                 seats,
-                price_per_seat_cents: 100,
+                price_per_seat_cents: cents(100),
                 currency: zar(),
                 departure_time: at(100),
             }),
@@ -314,7 +337,7 @@ mod store_idempotency {
                         object_id: Some("pi_9".into()),
                         payment_intent_id: Some("pi_9".into()),
                         // The variant changes the body under the same event id.
-                        amount_cents: Some(if *variant { 1 } else { 2 }),
+                        amount_cents: Some(cents(if *variant { 1 } else { 2 })),
                         currency: None,
                         metadata: FactMetadata::default(),
                         signal: PaymentSignal::Processing,
