@@ -391,20 +391,27 @@ fn stripe_time(fact: &StripeFact, rec: &Recorded) -> DateTime<Utc> {
     DateTime::from_timestamp(fact.created, 0).unwrap_or(rec.recorded_at)
 }
 
-/// Folds the current intent's Stripe events: each authentic, matching one
-/// records its money fact in the ledger, then the table moves the status.
-fn fold_current_intent(
-    booking: &mut BookingState,
+/// What one of an intent's events did, as [`run_intent`] reports it.
+struct Step<'a> {
+    rec: &'a Recorded,
+    fact: &'a StripeFact,
+    outcome: (OutcomeKind, Option<&'static str>),
+    /// (status, refunded, held) before and after; equal when not applied.
+    before: (PaymentStatus, Cents, Cents),
+    after: (PaymentStatus, Cents, Cents),
+}
+
+/// Folds an intent's Stripe events from a fresh binding: each authentic,
+/// matching one records its money fact in the ledger, then the table moves
+/// the status. Reports every event to `sink`, in fold order.
+fn run_intent<'a>(
+    refs: &BookingRefs,
     binding: &PaymentIntentBound,
-    mut list: Facts<'_>,
-    cancelled_by: Option<&Recorded>,
-    outcomes: &mut Outcomes,
-    effects: &mut Vec<SideEffect>,
-) {
-    let refs = booking_refs(booking);
+    list: &[(&'a Recorded, &'a StripeFact)],
+    mut sink: impl FnMut(Step<'a>),
+) -> PaymentState {
     let terms = (binding.amount_cents, &binding.currency);
-    let pay = &mut booking.payment;
-    *pay = PaymentState {
+    let mut pay = PaymentState {
         status: PaymentStatus::Pending,
         intent: Some(CurrentIntent {
             payment_intent_id: binding.payment_intent_id.clone(),
@@ -414,20 +421,29 @@ fn fold_current_intent(
         }),
         ledger: MoneyLedger::default(),
     };
-    sort_facts(&mut list);
     let mut seen_ids = HashSet::new();
-    for (frec, fact) in list {
+    for &(rec, fact) in list {
+        let before = (pay.status, pay.amount_refunded_cents(), pay.held_cents());
+        // An event that does not apply leaves the state as it was.
+        let step = |outcome| Step {
+            rec,
+            fact,
+            outcome,
+            before,
+            after: before,
+        };
         if !seen_ids.insert(fact.event_id.as_str()) {
-            outcomes.set(frec.seq, OutcomeKind::Noop, Some(reason::DUPLICATE));
+            sink(step((OutcomeKind::Noop, Some(reason::DUPLICATE))));
             continue;
         }
-        if let Err(why) = check_guards(&refs, terms, fact) {
-            outcomes.set(frec.seq, OutcomeKind::Excluded, Some(why));
+        if let Err(why) = check_guards(refs, terms, fact) {
+            sink(step((OutcomeKind::Excluded, Some(why))));
             continue;
         }
-        let before_status = pay.status;
-        let before_refunded = pay.amount_refunded_cents();
-        let before_held = pay.held_cents();
+        if fact.signal == PaymentSignal::Unhandled {
+            sink(step((OutcomeKind::Excluded, Some(reason::UNHANDLED_TYPE))));
+            continue;
+        }
         // Money facts are never dropped: the ledger first, the table second.
         pay.ledger.record(&fact.signal);
         let after_refunded = pay.amount_refunded_cents();
@@ -435,68 +451,106 @@ fn fold_current_intent(
             &fact.signal,
             &pay.ledger,
             binding.amount_cents,
-            before_refunded,
+            before.1,
             after_refunded,
         ) else {
-            outcomes.set(frec.seq, OutcomeKind::Excluded, Some(reason::UNHANDLED_TYPE));
+            sink(step((OutcomeKind::Excluded, Some(reason::UNHANDLED_TYPE))));
             continue;
         };
-        let cell = transition(before_status, input);
+        let cell = transition(before.0, input);
         if let Transition::To(to) = cell {
             pay.status = to;
         }
-        let after_status = pay.status;
-        let (kind, why) = if after_status != before_status || after_refunded != before_refunded {
+        let outcome = if pay.status != before.0 || after_refunded != before.1 {
             (OutcomeKind::Applied, None)
         } else if cell == Transition::Reject {
             (OutcomeKind::Rejected, Some(reason::INVALID_TRANSITION))
         } else {
             (OutcomeKind::Noop, None)
         };
-        outcomes.set(frec.seq, kind, why);
+        sink(Step {
+            rec,
+            fact,
+            outcome,
+            before,
+            after: (pay.status, after_refunded, pay.held_cents()),
+        });
+    }
+    pay
+}
 
-        let effect = |kind: EffectKind, seq: i64, amount: Cents| SideEffect {
-            kind,
-            caused_by_seq: seq,
-            stripe_event_id: Some(fact.event_id.clone()),
-            payment_intent_id: Some(binding.payment_intent_id.clone()),
-            amount_cents: Some(amount),
-            currency: Some(binding.currency.clone()),
-            occurred_at: stripe_time(fact, frec),
-        };
-        let seq = frec.seq;
-        if after_status != before_status {
+/// Folds the current intent into the booking: outcomes, and the side
+/// effects of its real transitions.
+fn fold_current_intent(
+    booking: &mut BookingState,
+    binding: &PaymentIntentBound,
+    mut list: Facts<'_>,
+    cancelled_by: Option<&Recorded>,
+    outcomes: &mut Outcomes,
+    effects: &mut Vec<SideEffect>,
+) {
+    let refs = booking_refs(booking);
+    sort_facts(&mut list);
+    let effect = |kind: EffectKind, step: &Step<'_>, amount: Cents| SideEffect {
+        kind,
+        caused_by_seq: step.rec.seq,
+        stripe_event_id: Some(step.fact.event_id.clone()),
+        payment_intent_id: Some(binding.payment_intent_id.clone()),
+        amount_cents: Some(amount),
+        currency: Some(binding.currency.clone()),
+        occurred_at: stripe_time(step.fact, step.rec),
+    };
+    booking.payment = run_intent(&refs, binding, &list, |step| {
+        outcomes.set(step.rec.seq, step.outcome.0, step.outcome.1);
+        let ((from, refunded_before, held_before), (to, refunded_after, held_after)) =
+            (step.before, step.after);
+        let bound = binding.amount_cents;
+        if to != from {
             use PaymentStatus as S;
-            if after_status == S::Paid && !before_status.is_settled() {
-                effects.push(effect(EffectKind::PaymentSucceeded, seq, binding.amount_cents));
+            if to == S::Paid && !from.is_settled() {
+                effects.push(effect(EffectKind::PaymentSucceeded, &step, bound));
             }
-            if after_status == S::Failed {
-                effects.push(effect(EffectKind::PaymentFailed, seq, binding.amount_cents));
+            if to == S::Failed {
+                effects.push(effect(EffectKind::PaymentFailed, &step, bound));
             }
-            if after_status == S::Disputed {
-                effects.push(effect(EffectKind::DisputeOpened, seq, binding.amount_cents));
+            if to == S::Disputed {
+                effects.push(effect(EffectKind::DisputeOpened, &step, bound));
             }
-            if before_status == S::Disputed || after_status == S::ChargedBack {
-                effects.push(effect(EffectKind::DisputeClosed, seq, binding.amount_cents));
+            if from == S::Disputed || to == S::ChargedBack {
+                effects.push(effect(EffectKind::DisputeClosed, &step, bound));
             }
         }
-        if after_refunded > before_refunded {
-            effects.push(effect(EffectKind::PaymentRefunded, seq, after_refunded));
+        if refunded_after > refunded_before {
+            effects.push(effect(EffectKind::PaymentRefunded, &step, refunded_after));
         }
-        // A cancelled booking that (again) holds captured money must give it
-        // back: keyed by the later of the cancellation and this event, so a
-        // refund that failed after the cancellation's refund is a new message.
-        let after_held = pay.held_cents();
+        // Money we learn of after the cancellation, held again (a refund
+        // that failed after the cancellation's refund): a new message.
         if let Some(cancel) = cancelled_by {
-            if before_held == Cents::ZERO && after_held > Cents::ZERO {
-                let mut e = effect(EffectKind::RefundRequired, seq, after_held);
-                if cancel.seq > seq {
-                    e.caused_by_seq = cancel.seq;
-                    e.stripe_event_id = None;
-                    e.occurred_at = cancel.recorded_at;
-                }
-                effects.push(e);
+            if step.rec.seq > cancel.seq && held_before == Cents::ZERO && held_after > Cents::ZERO
+            {
+                effects.push(effect(EffectKind::RefundRequired, &step, held_after));
             }
+        }
+    });
+    // Money held when the booking was cancelled: what the log said of the
+    // intent at that point decides, not facts learned later.
+    if let Some(cancel) = cancelled_by {
+        let known: Facts<'_> = list
+            .iter()
+            .copied()
+            .filter(|(r, _)| r.seq < cancel.seq)
+            .collect();
+        let held = run_intent(&refs, binding, &known, |_| {}).held_cents();
+        if held > Cents::ZERO {
+            effects.push(SideEffect {
+                kind: EffectKind::RefundRequired,
+                caused_by_seq: cancel.seq,
+                stripe_event_id: None,
+                payment_intent_id: Some(binding.payment_intent_id.clone()),
+                amount_cents: Some(held),
+                currency: Some(binding.currency.clone()),
+                occurred_at: cancel.recorded_at,
+            });
         }
     }
 }
