@@ -4,8 +4,13 @@
 //! (b) no delivery order ever moves a settled payment back;
 //! (c) the refunded amount never exceeds the bound amount;
 //! (d) accepted passengers never exceed a trip's seats;
-//! (e) the store records each idempotency key once, whatever the repeats.
+//! (e) the store records each idempotency key once, whatever the repeats;
+//! (f) histories a model of Stripe generates fold to what Stripe's own
+//!     objects say, in order and in any delivery (`model/`), and the named
+//!     regression cases of `model/regressions.rs`.
 #![allow(clippy::unwrap_used)]
+
+mod model;
 
 use chrono::{TimeZone, Utc};
 use klubz_ledger::domain::decide::{decide, Command, Context, RequestBooking};
@@ -304,6 +309,30 @@ proptest! {
             trip.seats_accepted = klubz_ledger::domain::trip::seats_accepted(&states);
             prop_assert!(trip.seats_accepted <= seats, "{} accepted of {seats}", trip.seats_accepted);
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(384))]
+
+    /// (f) Any history Stripe can produce, delivered in order or late,
+    /// reordered and duplicated, folds to the model's status, refunded
+    /// amount and messages, and no delivered prefix ever downgrades.
+    #[test]
+    fn the_fold_agrees_with_a_model_of_stripe(
+        seed in any::<u64>(),
+        ops in prop::collection::vec(model::op(), 1..48),
+        deliveries in prop::collection::vec(
+            (prop::collection::vec(any::<u32>(), 1..64), prop::collection::vec(any::<usize>(), 0..6)),
+            3,
+        ),
+    ) {
+        let m = model::Model::run(seed, &ops);
+        let delivered: Vec<_> = deliveries
+            .iter()
+            .map(|(keys, dups)| model::deliver(&m.items, keys, dups))
+            .collect();
+        model::check(&m, &delivered)?;
     }
 }
 

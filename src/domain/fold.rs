@@ -319,12 +319,12 @@ pub fn fold_booking(booking_id: &str, events: &[Recorded]) -> BookingFold {
 
     // Events of earlier intents: stored, never applied; captured money on one
     // of them must go back.
-    for (_, binding) in distinct.iter().rev().skip(1) {
+    for (k, (_, binding)) in distinct.iter().enumerate().rev().skip(1) {
         let pi = binding.payment_intent_id.as_str();
         let mut list = facts.get(pi).cloned().unwrap_or_default();
         sort_facts(&mut list);
         let mut seen_ids = HashSet::new();
-        for (frec, fact) in list {
+        for &(frec, fact) in &list {
             if !seen_ids.insert(fact.event_id.as_str()) {
                 outcomes.set(frec.seq, OutcomeKind::Noop, Some(reason::DUPLICATE));
                 continue;
@@ -344,6 +344,28 @@ pub fn fold_booking(booking_id: &str, events: &[Recorded]) -> BookingFold {
             }
             outcomes.set(frec.seq, OutcomeKind::Excluded, Some(why));
         }
+        // While it was current (the events logged before the next binding)
+        // its failures were real transitions: the same messages again, so a
+        // rebuild finds them already written.
+        let next_binding = distinct[k + 1].0.seq;
+        let era: Facts<'_> = list
+            .iter()
+            .copied()
+            .filter(|(r, _)| r.seq < next_binding)
+            .collect();
+        run_intent(&refs, binding, &era, |step| {
+            if step.after.0 == PaymentStatus::Failed && step.before.0 != PaymentStatus::Failed {
+                effects.push(SideEffect {
+                    kind: EffectKind::PaymentFailed,
+                    caused_by_seq: step.rec.seq,
+                    stripe_event_id: Some(step.fact.event_id.clone()),
+                    payment_intent_id: Some(pi.to_string()),
+                    amount_cents: Some(binding.amount_cents),
+                    currency: Some(binding.currency.clone()),
+                    occurred_at: stripe_time(step.fact, step.rec),
+                });
+            }
+        });
     }
     // Facts that name an intent this booking never bound.
     for (pi, list) in &facts {
@@ -396,9 +418,9 @@ struct Step<'a> {
     rec: &'a Recorded,
     fact: &'a StripeFact,
     outcome: (OutcomeKind, Option<&'static str>),
-    /// (status, refunded, held) before and after; equal when not applied.
-    before: (PaymentStatus, Cents, Cents),
-    after: (PaymentStatus, Cents, Cents),
+    /// (status, refunded) before and after; equal when not applied.
+    before: (PaymentStatus, Cents),
+    after: (PaymentStatus, Cents),
 }
 
 /// Folds an intent's Stripe events from a fresh binding: each authentic,
@@ -423,7 +445,7 @@ fn run_intent<'a>(
     };
     let mut seen_ids = HashSet::new();
     for &(rec, fact) in list {
-        let before = (pay.status, pay.amount_refunded_cents(), pay.held_cents());
+        let before = (pay.status, pay.amount_refunded_cents());
         // An event that does not apply leaves the state as it was.
         let step = |outcome| Step {
             rec,
@@ -473,7 +495,7 @@ fn run_intent<'a>(
             fact,
             outcome,
             before,
-            after: (pay.status, after_refunded, pay.held_cents()),
+            after: (pay.status, after_refunded),
         });
     }
     pay
@@ -502,8 +524,7 @@ fn fold_current_intent(
     };
     booking.payment = run_intent(&refs, binding, &list, |step| {
         outcomes.set(step.rec.seq, step.outcome.0, step.outcome.1);
-        let ((from, refunded_before, held_before), (to, refunded_after, held_after)) =
-            (step.before, step.after);
+        let ((from, refunded_before), (to, refunded_after)) = (step.before, step.after);
         let bound = binding.amount_cents;
         if to != from {
             use PaymentStatus as S;
@@ -523,24 +544,23 @@ fn fold_current_intent(
         if refunded_after > refunded_before {
             effects.push(effect(EffectKind::PaymentRefunded, &step, refunded_after));
         }
-        // Money we learn of after the cancellation, held again (a refund
-        // that failed after the cancellation's refund): a new message.
-        if let Some(cancel) = cancelled_by {
-            if step.rec.seq > cancel.seq && held_before == Cents::ZERO && held_after > Cents::ZERO
-            {
-                effects.push(effect(EffectKind::RefundRequired, &step, held_after));
-            }
-        }
     });
-    // Money held when the booking was cancelled: what the log said of the
-    // intent at that point decides, not facts learned later.
+    // A cancelled booking must give back the money it holds. What we knew
+    // decides, in log order: held when the cancellation was recorded, then
+    // held again after a later event (a refund that failed after the
+    // cancellation's refund, a late success): one message each time.
     if let Some(cancel) = cancelled_by {
-        let known: Facts<'_> = list
+        let held_upto = |seq: i64| {
+            let known: Facts<'_> = list.iter().copied().filter(|(r, _)| r.seq <= seq).collect();
+            run_intent(&refs, binding, &known, |_| {}).held_cents()
+        };
+        let mut later: Vec<(&Recorded, &StripeFact)> = list
             .iter()
             .copied()
-            .filter(|(r, _)| r.seq < cancel.seq)
+            .filter(|(r, _)| r.seq > cancel.seq)
             .collect();
-        let held = run_intent(&refs, binding, &known, |_| {}).held_cents();
+        later.sort_by_key(|(r, _)| r.seq);
+        let mut held = held_upto(cancel.seq);
         if held > Cents::ZERO {
             effects.push(SideEffect {
                 kind: EffectKind::RefundRequired,
@@ -551,6 +571,21 @@ fn fold_current_intent(
                 currency: Some(binding.currency.clone()),
                 occurred_at: cancel.recorded_at,
             });
+        }
+        for (rec, fact) in later {
+            let now = held_upto(rec.seq);
+            if held == Cents::ZERO && now > Cents::ZERO {
+                effects.push(SideEffect {
+                    kind: EffectKind::RefundRequired,
+                    caused_by_seq: rec.seq,
+                    stripe_event_id: Some(fact.event_id.clone()),
+                    payment_intent_id: Some(binding.payment_intent_id.clone()),
+                    amount_cents: Some(now),
+                    currency: Some(binding.currency.clone()),
+                    occurred_at: stripe_time(fact, rec),
+                });
+            }
+            held = now;
         }
     }
 }
