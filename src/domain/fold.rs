@@ -467,7 +467,7 @@ fn run_intent<'a>(
             continue;
         }
         // Money facts are never dropped: the ledger first, the table second.
-        pay.ledger.record(&fact.signal);
+        pay.ledger.record(&fact.signal, fact.created);
         let after_refunded = pay.amount_refunded_cents();
         let Some(input) = classify(
             &fact.signal,

@@ -5,8 +5,9 @@
 //! was captured, each refund by id with its latest state, the charge's
 //! cumulative `amount_refunded`, each dispute by id with its latest state.
 //! Every merge is commutative and idempotent (a refund's state only moves
-//! forward, the cumulative figure is a high-water mark, a closed dispute
-//! stays closed), so the same facts in any order give the same ledger. The
+//! forward, the cumulative figure is the latest one Stripe stamped and the
+//! highest within a second, a closed dispute stays closed), so the same
+//! facts in any order give the same ledger. The
 //! status columns of the table are read off this ledger
 //! (`docs/TRANSITIONS.md`, "How the status follows from the ledger").
 
@@ -51,22 +52,33 @@ pub enum DisputeSummary {
     Lost,
 }
 
+/// One refund: its amount, latest state, and when Stripe first reported it
+/// failed or canceled (the earliest such `created`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RefundEntry {
+    amount: Cents,
+    state: RefundState,
+    failed_at: Option<i64>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MoneyLedger {
     /// Stripe reported the intent succeeded (money captured).
     pub captured: bool,
-    /// refund id → (amount, latest state).
-    refunds: BTreeMap<String, (Cents, RefundState)>,
-    /// Highest cumulative `amount_refunded` any `charge.refunded` reported.
-    charge_refunded_high: Cents,
+    /// refund id → what we know of it.
+    refunds: BTreeMap<String, RefundEntry>,
+    /// The charge's cumulative `amount_refunded`: from the latest
+    /// `charge.refunded` (by Stripe's `created`), the highest of those
+    /// stamped in that second. An older, smaller total never lowers it.
+    charge_refunded: Option<(i64, Cents)>,
     /// dispute id → latest phase.
     disputes: BTreeMap<String, DisputePhase>,
 }
 
 impl MoneyLedger {
-    /// Records the money fact of one authentic event of the current intent.
-    /// Returns whether the ledger changed.
-    pub fn record(&mut self, signal: &PaymentSignal) -> bool {
+    /// Records the money fact of one authentic event of the current intent,
+    /// stamped `created` by Stripe. Returns whether the ledger changed.
+    pub fn record(&mut self, signal: &PaymentSignal, created: i64) -> bool {
         let before = self.clone();
         match signal {
             PaymentSignal::Succeeded => self.captured = true,
@@ -74,12 +86,15 @@ impl MoneyLedger {
                 amount_refunded_cents,
                 refunds,
             } => {
-                self.charge_refunded_high = self.charge_refunded_high.max(*amount_refunded_cents);
+                let seen = (created, *amount_refunded_cents);
+                if self.charge_refunded.is_none_or(|known| seen > known) {
+                    self.charge_refunded = Some(seen);
+                }
                 for r in refunds {
-                    self.record_refund(r);
+                    self.record_refund(r, created);
                 }
             }
-            PaymentSignal::Refund(r) => self.record_refund(r),
+            PaymentSignal::Refund(r) => self.record_refund(r, created),
             PaymentSignal::DisputeOpened(d) | PaymentSignal::DisputeClosed(d) => {
                 let phase = phase_of(signal, d);
                 let entry = self
@@ -99,36 +114,48 @@ impl MoneyLedger {
         *self != before
     }
 
-    fn record_refund(&mut self, r: &RefundSeen) {
+    fn record_refund(&mut self, r: &RefundSeen, created: i64) {
         let entry = self
             .refunds
             .entry(r.refund_id.clone())
-            .or_insert((r.amount_cents, r.state));
+            .or_insert(RefundEntry {
+                amount: r.amount_cents,
+                state: r.state,
+                failed_at: None,
+            });
         // Forward only; a refund's amount never changes, the larger wins so
         // the merge stays order-independent even if a body disagrees.
-        entry.0 = entry.0.max(r.amount_cents);
-        entry.1 = entry.1.max(r.state);
+        entry.amount = entry.amount.max(r.amount_cents);
+        entry.state = entry.state.max(r.state);
+        if !r.state.is_active() {
+            entry.failed_at = Some(entry.failed_at.map_or(created, |t| t.min(created)));
+        }
     }
 
     /// The refunded total, at most `captured_amount`. The per-refund sum of
     /// refunds still pending or succeeded, or the charge's own cumulative
-    /// figure less the refunds known to have failed since (Stripe lowers
+    /// figure less the refunds that failed at or after it (Stripe lowers
     /// `amount_refunded` when a refund fails), whichever is larger: each
     /// source may have missed a refund the other saw.
     pub fn refunded(&self, captured_amount: Cents) -> Cents {
         let active = Cents::sum(
             self.refunds
                 .values()
-                .filter(|(_, s)| s.is_active())
-                .map(|(a, _)| *a),
+                .filter(|r| r.state.is_active())
+                .map(|r| r.amount),
         );
-        let failed = Cents::sum(
-            self.refunds
-                .values()
-                .filter(|(_, s)| !s.is_active())
-                .map(|(a, _)| *a),
-        );
-        let by_charge = self.charge_refunded_high.saturating_sub(failed);
+        let by_charge = match self.charge_refunded {
+            None => Cents::ZERO,
+            Some((at, total)) => {
+                let failed_since = Cents::sum(
+                    self.refunds
+                        .values()
+                        .filter(|r| r.failed_at.is_some_and(|t| t >= at))
+                        .map(|r| r.amount),
+                );
+                total.saturating_sub(failed_since)
+            }
+        };
         active.max(by_charge).min(captured_amount)
     }
 
@@ -223,21 +250,37 @@ mod tests {
         for order in orders {
             let mut l = MoneyLedger::default();
             for i in order {
-                l.record(&facts[i]);
+                l.record(&facts[i], i as i64);
             }
             assert_eq!(l.refunded(c(1000)), Cents::ZERO, "{order:?}");
         }
     }
 
     #[test]
-    fn cumulative_totals_are_a_high_water_mark() {
+    fn cumulative_totals_in_one_second_are_a_high_water_mark() {
         let mut l = MoneyLedger::default();
-        l.record(&charge_refunded(800));
-        l.record(&charge_refunded(300));
+        l.record(&charge_refunded(800), 7);
+        l.record(&charge_refunded(300), 7);
         assert_eq!(l.refunded(c(1000)), c(800));
         assert_eq!(l.refund_level(c(1000)), RefundLevel::Partial);
-        l.record(&charge_refunded(5000));
+        l.record(&charge_refunded(5000), 7);
         assert_eq!(l.refunded(c(1000)), c(1000), "capped at the captured amount");
+    }
+
+    #[test]
+    fn a_later_total_after_a_failed_refund_is_believed() {
+        // re_1 500 refunded (total 500), re_1 fails (Stripe lowers the
+        // total), re_2 300 refunded (total 300): only totals were seen of re_2.
+        let mut l = MoneyLedger::default();
+        let facts = [
+            (charge_refunded(500), 1),
+            (refund("re_1", 500, RefundState::Failed), 2),
+            (charge_refunded(300), 3),
+        ];
+        for (f, t) in facts.iter().rev() {
+            l.record(f, *t);
+        }
+        assert_eq!(l.refunded(c(1000)), c(300));
     }
 
     #[test]
@@ -259,13 +302,13 @@ mod tests {
             })
         };
         let mut l = MoneyLedger::default();
-        l.record(&closed("prevented"));
-        l.record(&open("needs_response"));
+        l.record(&closed("prevented"), 2);
+        l.record(&open("needs_response"), 1);
         assert_eq!(l.disputes(), DisputeSummary::Clear);
         let mut l = MoneyLedger::default();
-        l.record(&open("warning_needs_response"));
+        l.record(&open("warning_needs_response"), 1);
         assert_eq!(l.disputes(), DisputeSummary::Open);
-        l.record(&closed("lost"));
+        l.record(&closed("lost"), 2);
         assert_eq!(l.disputes(), DisputeSummary::Lost);
     }
 }

@@ -7,8 +7,9 @@
 //! success, partial and full refunds (pending, then succeeded, failed or
 //! canceled; each announced the ways Stripe does: `refund.created` with the
 //! cumulative `charge.refunded` in either order, a legacy `charge.refunded`
-//! listing its refunds, `refund.updated`, `charge.refund.updated`,
-//! `refund.failed`), inquiries and disputes (funds withdrawn and reinstated,
+//! listing its refunds, the cumulative total alone (an endpoint that takes
+//! no `refund.*` types), `refund.updated`,
+//! `charge.refund.updated`, `refund.failed`), inquiries and disputes (funds withdrawn and reinstated,
 //! pending refunds failing with `charge_for_pending_refund_disputed`, every
 //! closing status), a late success of a superseded intent, the booking's
 //! cancellation, and unrelated types. Time moves in whole seconds, often not
@@ -599,7 +600,9 @@ impl Model {
                         self.emit("charge.refunded", cr, true);
                     }
                     _ => {
-                        self.emit("refund.created", created, false);
+                        // Only the charge's cumulative total tells of it.
+                        let cr = self.charge_refunded(false);
+                        self.emit("charge.refunded", cr, true);
                     }
                 }
             }
