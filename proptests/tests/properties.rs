@@ -89,7 +89,9 @@ fn fact(index: usize) -> impl Strategy<Value = StripeFact> {
             | PaymentSignal::Succeeded
             | PaymentSignal::Failed
             | PaymentSignal::Canceled
-            | PaymentSignal::ChargeRefunded { .. } => Some(cents(if flaw == 2 { 1 } else { BOUND })),
+            | PaymentSignal::ChargeRefunded { .. } => {
+                Some(cents(if flaw == 2 { 1 } else { BOUND }))
+            }
             _ => None,
         },
         currency: Some(zar()),
@@ -195,11 +197,7 @@ fn observable(rec: &[Recorded], fold: &BookingFold) -> Observable {
                 .or_insert((o.outcome, o.reason.clone()));
         }
     }
-    (
-        view,
-        outcomes,
-        fold.refund_required().into_iter().collect(),
-    )
+    (view, outcomes, fold.refund_required().into_iter().collect())
 }
 
 proptest! {

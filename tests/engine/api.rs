@@ -477,7 +477,8 @@ pub async fn journey_to_paid_and_refund_required_on_cancel(backend: Backend) {
     assert_eq!(refund_required.len(), 1, "{keys:?}");
     for kind in ["booking_accepted", "payment_succeeded", "booking_cancelled"] {
         assert!(
-            keys.iter().any(|k| k.starts_with(&format!("{kind}:{booking_id}:"))),
+            keys.iter()
+                .any(|k| k.starts_with(&format!("{kind}:{booking_id}:"))),
             "{kind} missing from {keys:?}"
         );
     }

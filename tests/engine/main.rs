@@ -1,7 +1,7 @@
 //! Engine integration tests, one binary:
 //! - `store`: the conformance suite, run against SQLite and PostgreSQL
 //!   (`sqlite::*`, `postgres::*`);
-//! - `webhook`, `api`: the HTTP server on a random port against a fresh
+//! - `webhook`, `api`, `money`: the HTTP server on a random port against a fresh
 //!   database of each backend, driven over real HTTP;
 //! - `cli`: the `klubz-ledger` commands and real `serve` processes.
 #![allow(clippy::unwrap_used)]
@@ -33,5 +33,6 @@ mod api;
 mod app;
 mod cli;
 mod helpers;
+mod money;
 mod store;
 mod webhook;

@@ -709,7 +709,9 @@ pub async fn read_apis_page_and_stream_in_order(backend: Backend) {
 async fn outbox_of(db: &TestDb, booking: &str, kind: &str) -> Vec<String> {
     let prefix = format!("{kind}:{booking}:");
     let keys = db.store.outbox_keys(booking).await.unwrap();
-    keys.into_iter().filter(|k| k.starts_with(&prefix)).collect()
+    keys.into_iter()
+        .filter(|k| k.starts_with(&prefix))
+        .collect()
 }
 
 /// Side effects follow real transitions, once: a superseded intent that

@@ -62,13 +62,25 @@ pub enum Op {
     /// A superseded intent that had failed succeeds after all.
     LateSucceedOld,
     /// `quarters` of what is left to refund (4 = all of it).
-    Refund { quarters: u8, pending: bool, style: u8 },
+    Refund {
+        quarters: u8,
+        pending: bool,
+        style: u8,
+    },
     /// A refund pending or succeeded moves on: 0 succeeded, 1 failed, 2 canceled.
-    SettleRefund { pick: u8, to: u8, style: u8 },
-    OpenDispute { inquiry: bool },
+    SettleRefund {
+        pick: u8,
+        to: u8,
+        style: u8,
+    },
+    OpenDispute {
+        inquiry: bool,
+    },
     ReviewDispute,
     /// 0 won / warning_closed, 1 lost, 2 prevented, 3 a status Stripe adds later.
-    CloseDispute { outcome: u8 },
+    CloseDispute {
+        outcome: u8,
+    },
     CancelBooking,
     Noise,
 }
@@ -270,7 +282,12 @@ impl Model {
                 attempt: self.intents.len() as u32,
             })));
         self.status = PaymentStatus::Pending;
-        self.emit_for(&pi, "payment_intent.created", PaymentSignal::Unhandled, true);
+        self.emit_for(
+            &pi,
+            "payment_intent.created",
+            PaymentSignal::Unhandled,
+            true,
+        );
     }
 
     /// What is left to refund on the current charge.
@@ -654,9 +671,17 @@ impl Model {
                 };
                 self.current_mut().disputes.push(d.clone());
                 let seen = self.dispute_seen(&d);
-                self.emit("charge.dispute.created", PaymentSignal::DisputeOpened(seen), false);
+                self.emit(
+                    "charge.dispute.created",
+                    PaymentSignal::DisputeOpened(seen),
+                    false,
+                );
                 if !inquiry {
-                    self.emit("charge.dispute.funds_withdrawn", PaymentSignal::Unhandled, false);
+                    self.emit(
+                        "charge.dispute.funds_withdrawn",
+                        PaymentSignal::Unhandled,
+                        false,
+                    );
                     // A refund still pending fails: charge_for_pending_refund_disputed.
                     let pending: Vec<usize> = (0..self.current().refunds.len())
                         .filter(|i| self.current().refunds[*i].status == RStatus::Pending)
@@ -692,15 +717,24 @@ impl Model {
                 self.current_mut().disputes[i].status = status.into();
                 let d = self.current().disputes[i].clone();
                 if status == "won" {
-                    self.emit("charge.dispute.funds_reinstated", PaymentSignal::Unhandled, false);
+                    self.emit(
+                        "charge.dispute.funds_reinstated",
+                        PaymentSignal::Unhandled,
+                        false,
+                    );
                 }
                 let seen = self.dispute_seen(&d);
-                self.emit("charge.dispute.closed", PaymentSignal::DisputeClosed(seen), false);
+                self.emit(
+                    "charge.dispute.closed",
+                    PaymentSignal::DisputeClosed(seen),
+                    false,
+                );
             }
             Op::CancelBooking if !self.cancelled => {
                 self.cancelled = true;
                 self.tick(1);
-                self.items.push(Item::Own(Event::BookingCancelled(decided())));
+                self.items
+                    .push(Item::Own(Event::BookingCancelled(decided())));
                 self.effects
                     .insert((EffectKind::BookingCancelled, Cause::Cancellation));
                 // Held money at the cancellation must go back.
@@ -709,7 +743,11 @@ impl Model {
                 self.tick(1);
             }
             Op::Noise => {
-                self.emit("checkout.session.completed", PaymentSignal::Unhandled, false);
+                self.emit(
+                    "checkout.session.completed",
+                    PaymentSignal::Unhandled,
+                    false,
+                );
             }
             _ => {}
         }
@@ -760,7 +798,12 @@ pub fn deliver(items: &[Item], keys: &[u32], dups: &[usize]) -> Vec<Recorded> {
         if !stripe.is_empty() {
             // A duplicate is a redelivery: any time after the first.
             let (release, _, key, item) = stripe[d % stripe.len()];
-            stripe.push((release, usize::MAX, key.wrapping_mul(31).wrapping_add(7), item));
+            stripe.push((
+                release,
+                usize::MAX,
+                key.wrapping_mul(31).wrapping_add(7),
+                item,
+            ));
         }
     }
     let mut placed: Vec<(usize, u32, &Item)> = stripe
@@ -869,7 +912,10 @@ pub fn current_pi_events(model: &Model) -> BTreeSet<String> {
         .collect()
 }
 
-pub fn cancellation_refunds(set: &BTreeSet<(EffectKind, Cause)>, current: &BTreeSet<String>) -> usize {
+pub fn cancellation_refunds(
+    set: &BTreeSet<(EffectKind, Cause)>,
+    current: &BTreeSet<String>,
+) -> usize {
     set.iter()
         .filter(|(kind, cause)| {
             *kind == EffectKind::RefundRequired
@@ -928,7 +974,10 @@ pub fn check(model: &Model, deliveries: &[Vec<Recorded>]) -> Result<(), TestCase
             (
                 b.payment.status,
                 b.payment.amount_refunded_cents().get(),
-                b.payment.intent.as_ref().map(|i| i.payment_intent_id.clone()),
+                b.payment
+                    .intent
+                    .as_ref()
+                    .map(|i| i.payment_intent_id.clone()),
             ),
             (want_status, want_refunded, Some(model.current_pi())),
             "delivery {}",
@@ -941,10 +990,18 @@ pub fn check(model: &Model, deliveries: &[Vec<Recorded>]) -> Result<(), TestCase
             "messages, delivery {}",
             n
         );
-        prop_assert_eq!(refunded, model.ever_refunded, "payment_refunded, delivery {}", n);
+        prop_assert_eq!(
+            refunded,
+            model.ever_refunded,
+            "payment_refunded, delivery {}",
+            n
+        );
         // Money a cancelled booking holds at the end was asked back.
         if model.cancelled && model.held_now() {
-            prop_assert!(cancellation_refunds(&got, &current) > 0, "refund_required missing");
+            prop_assert!(
+                cancellation_refunds(&got, &current) > 0,
+                "refund_required missing"
+            );
         }
         // No prefix downgrades, and refunds stay within the amount. Each
         // time the log shows a cancelled booking holding money again, a
@@ -957,17 +1014,28 @@ pub fn check(model: &Model, deliveries: &[Vec<Recorded>]) -> Result<(), TestCase
                 continue;
             };
             let s = b.payment.status;
-            prop_assert!(!settled || s.is_settled(), "prefix {} of delivery {}: {}", k, n, s);
+            prop_assert!(
+                !settled || s.is_settled(),
+                "prefix {} of delivery {}: {}",
+                k,
+                n,
+                s
+            );
             settled |= s.is_settled();
             prop_assert!(b.payment.amount_refunded_cents().get() <= AMOUNT);
             let cancelled = b.status == klubz_ledger::domain::BookingStatus::Cancelled;
             if cancelled && b.payment.held_cents().get() > 0 {
                 prop_assert!(
-                    prefix.effects.iter().any(|e| e.kind == EffectKind::RefundRequired
-                        && e.payment_intent_id.as_deref() == Some(model.current_pi().as_str())
-                        && e.caused_by_seq > told_after),
+                    prefix
+                        .effects
+                        .iter()
+                        .any(|e| e.kind == EffectKind::RefundRequired
+                            && e.payment_intent_id.as_deref() == Some(model.current_pi().as_str())
+                            && e.caused_by_seq > told_after),
                     "prefix {} of delivery {}: holds {} untold",
-                    k, n, b.payment.held_cents()
+                    k,
+                    n,
+                    b.payment.held_cents()
                 );
             } else {
                 told_after = k as i64;

@@ -38,11 +38,23 @@ fn fact(id: &str, event_type: &str, created: i64, pi: &str, signal: PaymentSigna
 }
 
 fn succeeded(id: &str, t: i64, pi: &str) -> StripeFact {
-    fact(id, "payment_intent.succeeded", t, pi, PaymentSignal::Succeeded)
+    fact(
+        id,
+        "payment_intent.succeeded",
+        t,
+        pi,
+        PaymentSignal::Succeeded,
+    )
 }
 
 fn failed(id: &str, t: i64, pi: &str) -> StripeFact {
-    fact(id, "payment_intent.payment_failed", t, pi, PaymentSignal::Failed)
+    fact(
+        id,
+        "payment_intent.payment_failed",
+        t,
+        pi,
+        PaymentSignal::Failed,
+    )
 }
 
 fn refund(id: &str, t: i64, re: &str, amount: i64, state: RefundState) -> StripeFact {
@@ -92,9 +104,21 @@ fn dispute(id: &str, t: i64, status: &str, closed: bool) -> StripeFact {
         currency: Some(zar()),
     };
     if closed {
-        fact(id, "charge.dispute.closed", t, "pi_1", PaymentSignal::DisputeClosed(seen))
+        fact(
+            id,
+            "charge.dispute.closed",
+            t,
+            "pi_1",
+            PaymentSignal::DisputeClosed(seen),
+        )
     } else {
-        fact(id, "charge.dispute.created", t, "pi_1", PaymentSignal::DisputeOpened(seen))
+        fact(
+            id,
+            "charge.dispute.created",
+            t,
+            "pi_1",
+            PaymentSignal::DisputeOpened(seen),
+        )
     }
 }
 
@@ -173,7 +197,10 @@ fn check_all_orders(
             (
                 b.payment.status,
                 b.payment.amount_refunded_cents().get(),
-                b.payment.intent.as_ref().map(|i| i.payment_intent_id.as_str()),
+                b.payment
+                    .intent
+                    .as_ref()
+                    .map(|i| i.payment_intent_id.as_str()),
             ),
             (want.0, want.1, current),
             "order {order:?}"
@@ -266,7 +293,10 @@ fn a_late_success_of_a_superseded_intent_never_takes_the_booking_over() {
         &facts,
         (PaymentStatus::PartiallyRefunded, 500),
     );
-    assert_eq!(fold.refund_required().into_iter().collect::<Vec<_>>(), ["pi_1"]);
+    assert_eq!(
+        fold.refund_required().into_iter().collect::<Vec<_>>(),
+        ["pi_1"]
+    );
     let late = fold
         .outcomes
         .iter()
@@ -311,7 +341,10 @@ fn a_refund_that_fails_after_a_cancellation_asks_for_the_refund_again() {
     // One for the cancellation (seq 5), one for the failed refund (seq 7).
     assert_eq!(keys, ["refund_required:b1:5", "refund_required:b1:7"]);
     let b = fold.state.unwrap();
-    assert_eq!((b.payment.status, b.payment.held_cents().get()), (PaymentStatus::Paid, AMOUNT));
+    assert_eq!(
+        (b.payment.status, b.payment.held_cents().get()),
+        (PaymentStatus::Paid, AMOUNT)
+    );
 }
 
 #[test]
