@@ -11,7 +11,7 @@
 use chrono::Utc;
 use klubz_ledger::domain::decide::{BindPaymentIntent, PublishTrip, RequestBooking};
 use klubz_ledger::domain::payment::{FactMetadata, PaymentSignal, StripeFact};
-use klubz_ledger::domain::{Command, Currency, Source};
+use klubz_ledger::domain::{Cents, Command, Currency, Source};
 use klubz_ledger::store::chain::ChainKey;
 use klubz_ledger::store::{EventStore, Submission};
 use std::sync::Arc;
@@ -26,7 +26,7 @@ fn fact(i: usize, pi: &str) -> StripeFact {
         expected_livemode: false,
         object_id: Some(pi.into()),
         payment_intent_id: Some(pi.into()),
-        amount_cents: Some(1000),
+        amount_cents: Cents::new(1000).ok(),
         currency: Currency::parse("zar").ok(),
         metadata: FactMetadata::default(),
         signal: PaymentSignal::Processing,
@@ -90,7 +90,7 @@ async fn setup_bookings(store: &Arc<dyn EventStore>, n: usize) {
                         booking_id: format!("b{i}"),
                         actor: format!("u{i}"),
                         payment_intent_id: format!("pi_b{i}"),
-                        amount_cents: 1000,
+                        amount_cents: Cents::new(1000).unwrap_or_default(),
                         currency: zar,
                     }),
                 )

@@ -77,10 +77,6 @@ pub struct SideEffect {
 impl SideEffect {
     /// The outbox key: unique by (booking, type, causing event).
     pub fn key(&self, booking_id: &str) -> String {
-        format!(
-            "{}:{booking_id}:{}",
-            self.kind.as_str(),
-            self.caused_by_seq
-        )
+        format!("{}:{booking_id}:{}", self.kind.as_str(), self.caused_by_seq)
     }
 }

@@ -726,9 +726,7 @@ fn check_guards(
     let same_currency = |c: &Option<Currency>| c.as_ref() == Some(bound_currency);
     let money_ok = match &fact.signal {
         PaymentSignal::Unhandled => true,
-        PaymentSignal::Refund(r) => {
-            same_currency(&r.currency) && r.amount_cents <= bound_amount
-        }
+        PaymentSignal::Refund(r) => same_currency(&r.currency) && r.amount_cents <= bound_amount,
         PaymentSignal::DisputeOpened(d) | PaymentSignal::DisputeClosed(d) => {
             same_currency(&d.currency) && d.amount_cents.is_none_or(|a| a <= bound_amount)
         }

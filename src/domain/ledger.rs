@@ -264,7 +264,11 @@ mod tests {
         assert_eq!(l.refunded(c(1000)), c(800));
         assert_eq!(l.refund_level(c(1000)), RefundLevel::Partial);
         l.record(&charge_refunded(5000), 7);
-        assert_eq!(l.refunded(c(1000)), c(1000), "capped at the captured amount");
+        assert_eq!(
+            l.refunded(c(1000)),
+            c(1000),
+            "capped at the captured amount"
+        );
     }
 
     #[test]

@@ -15,9 +15,9 @@ pub mod table;
 pub mod trip;
 
 pub use decide::{decide, Command, Context, DomainError};
+pub use effects::{EffectKind, SideEffect};
 pub use events::{Event, Recorded, Source};
 pub use fold::{fold_booking, BookingFold, BookingState, EventOutcome, OutcomeKind};
-pub use effects::{EffectKind, SideEffect};
 pub use money::{Cents, Currency};
 pub use payment::{DisputeSeen, PaymentSignal, RefundSeen, RefundState, StripeFact};
 pub use status::{BookingStatus, PaymentStatus};

@@ -74,7 +74,11 @@ impl Cents {
     /// Sums amounts, saturating at `i64::MAX` (a sum of Stripe amounts never
     /// gets there; saturation keeps a forged body from wrapping around).
     pub fn sum(items: impl IntoIterator<Item = Cents>) -> Cents {
-        Cents(items.into_iter().fold(0i64, |acc, c| acc.saturating_add(c.0)))
+        Cents(
+            items
+                .into_iter()
+                .fold(0i64, |acc, c| acc.saturating_add(c.0)),
+        )
     }
 }
 

@@ -168,8 +168,10 @@ the cell says:
   (pending/requires_action → succeeded → failed/canceled), so a late `refund.created`
   cannot bring a failed refund back. The refunds a `charge.refunded` body lists count as
   observations of those refunds too.
-- **the charge's cumulative `amount_refunded`**, as a high-water mark over every
-  `charge.refunded`, so a smaller, older total folded last cannot lower it.
+- **the charge's cumulative `amount_refunded`**: the latest `charge.refunded` by
+  Stripe's `created`, and within one second the highest (a high-water mark), so a
+  smaller, older total folded last cannot lower it. Each failure time of a refund is
+  kept too.
 - **disputes**, by dispute id, each with its latest phase: open (an inquiry,
   `warning_needs_response`/`warning_under_review`, or a dispute, `needs_response`/
   `under_review`), then closed. `charge.dispute.closed` always closes, whatever its
@@ -179,9 +181,10 @@ the cell says:
 From the ledger, with *captured amount* = the bound amount of the current intent:
 
 - **refunded** = the larger of (the sum of refunds pending or succeeded) and (the
-  high-water mark less the refunds known to have failed or been canceled), never more
-  than the captured amount. Each source may miss a refund the other saw; a failed
-  refund gives its amount back in both.
+  charge's cumulative figure less the refunds that failed or were canceled at or after
+  it: Stripe lowers `amount_refunded` when a refund fails), never more than the
+  captured amount. Each source may miss a refund the other saw; a failed refund gives
+  its amount back in both.
 - Before capture, the status is the intent's lifecycle through the table (pending,
   processing, failed, canceled).
 - After capture: a lost dispute → `charged_back`; else an open dispute or inquiry →
@@ -197,13 +200,33 @@ the booking is `refunded`.
 
 Events of an earlier (superseded) intent never reach the ledger; events that fail a
 guard (livemode, metadata, amount or currency — an intent or charge event without its
-amount or currency fails it too) never reach it either.
+amount or currency fails it too, as does a refund or dispute in another currency or
+for more than the bound amount) never reach it either.
+
+## Side effects
+
+Each message is keyed by (booking, type, causing event) and written with the
+transition that caused it; a duplicate, a replay or a rebuild folds the same transition
+and finds the key already written.
+
+- `payment_succeeded`, `payment_failed`, `dispute_opened`, `dispute_closed`: the
+  status moved into paid (from an unsettled status), into failed, into disputed, out
+  of disputed (or straight to charged_back). A superseded intent's failures keep the
+  messages of the time it was current (its events logged before the next binding).
+- `payment_refunded`: the refunded total went up, whatever the status cell said (a
+  refund during an inquiry is money back); `amountCents` is the new total.
+- `refund_required`: a superseded intent succeeded (keyed by that event); or a
+  cancelled booking holds captured money that is not refunded or charged back —
+  decided by what the log held when the cancellation was recorded, then once more each
+  time a later event makes it hold money again (a refund that failed after the
+  cancellation's refund). `amountCents` is the amount held.
 ";
 
 /// A new payment intent may be bound from this status (the "bound" column;
 /// `pending` answers with the pending intent instead).
 pub fn accepts_new_intent(status: PaymentStatus) -> bool {
-    status != PaymentStatus::Pending && transition(status, PaymentInput::Bound) != Transition::Reject
+    status != PaymentStatus::Pending
+        && transition(status, PaymentInput::Bound) != Transition::Reject
 }
 
 /// The table as a Markdown document. `docs/TRANSITIONS.md` is this text; a
@@ -325,7 +348,11 @@ mod tests {
             (S::Processing, I::Bound, Transition::Reject),
             (S::Paid, I::Bound, Transition::Reject),
             (S::Disputed, I::RefundFull, Transition::Reject),
-            (S::Disputed, I::DisputeWonFullRefund, Transition::To(S::Refunded)),
+            (
+                S::Disputed,
+                I::DisputeWonFullRefund,
+                Transition::To(S::Refunded),
+            ),
             (S::Refunded, I::DisputeOpened, Transition::To(S::Disputed)),
             (S::Paid, I::DisputeLost, Transition::To(S::ChargedBack)),
         ];

@@ -11,8 +11,8 @@ use super::unit::{
 };
 use super::writer::{BatchRunner, Writer};
 use super::{
-    now, IdempotencyBegin, LedgerStats, StoreError, StoredEvent, Submission, SubmitError,
-    StripeRef, Submitted, TimelineEntry,
+    now, IdempotencyBegin, LedgerStats, StoreError, StoredEvent, StripeRef, Submission,
+    SubmitError, Submitted, TimelineEntry,
 };
 use crate::domain::fold::OutcomeKind;
 use crate::domain::{BookingStatus, Currency, EventOutcome, PaymentStatus, TripState};

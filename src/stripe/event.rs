@@ -318,10 +318,16 @@ mod tests {
         let PaymentSignal::ChargeRefunded { refunds, .. } = fact.signal else {
             panic!("{:?}", fact.signal)
         };
-        let states: Vec<_> = refunds.iter().map(|r| (r.refund_id.as_str(), r.state)).collect();
+        let states: Vec<_> = refunds
+            .iter()
+            .map(|r| (r.refund_id.as_str(), r.state))
+            .collect();
         assert_eq!(
             states,
-            [("re_1", RefundState::Succeeded), ("re_2", RefundState::Pending)]
+            [
+                ("re_1", RefundState::Succeeded),
+                ("re_2", RefundState::Pending)
+            ]
         );
         let negative = br#"{"id":"evt_3","type":"payment_intent.succeeded","created":5,
             "data":{"object":{"id":"pi_1","amount":-5,"currency":"zar"}}}"#;
