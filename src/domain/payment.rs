@@ -93,8 +93,12 @@ pub struct RefundSeen {
 pub enum RefundState {
     /// `pending` or `requires_action`: Stripe's `amount_refunded` counts it.
     Pending,
+    /// `active` is how payloads recorded by earlier development builds
+    /// named a refund that counts.
+    #[serde(alias = "active")]
     Succeeded,
     /// `failed` or `canceled`: the money came back to the charge.
+    #[serde(alias = "reversed")]
     Failed,
 }
 
@@ -118,6 +122,7 @@ impl RefundState {
 
 /// One dispute as an event shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredDispute")]
 pub struct DisputeSeen {
     pub dispute_id: String,
     /// Stripe's dispute `status` (`warning_needs_response`, `needs_response`,
@@ -127,6 +132,39 @@ pub struct DisputeSeen {
     pub amount_cents: Option<Cents>,
     #[serde(default)]
     pub currency: Option<Currency>,
+}
+
+/// A stored dispute payload. Earlier development builds recorded only
+/// `dispute_id` and, for a closed dispute, `won`; they are read as the
+/// status they stood for.
+#[derive(Deserialize)]
+struct StoredDispute {
+    dispute_id: String,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    won: Option<bool>,
+    #[serde(default)]
+    amount_cents: Option<Cents>,
+    #[serde(default)]
+    currency: Option<Currency>,
+}
+
+impl From<StoredDispute> for DisputeSeen {
+    fn from(d: StoredDispute) -> Self {
+        let status = match (d.status, d.won) {
+            (Some(status), _) => status,
+            (None, Some(true)) => "won".into(),
+            (None, Some(false)) => "lost".into(),
+            (None, None) => String::new(),
+        };
+        Self {
+            dispute_id: d.dispute_id,
+            status,
+            amount_cents: d.amount_cents,
+            currency: d.currency,
+        }
+    }
 }
 
 impl DisputeSeen {
@@ -177,5 +215,29 @@ impl StripeFact {
     /// The fold order of one intent's events: (created, lifecycle rank, id).
     pub fn order_key(&self) -> (i64, u8, &str) {
         (self.created, self.signal.lifecycle_rank(), &self.event_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Payloads stored by earlier development builds still decode to what
+    /// they meant.
+    #[test]
+    fn earlier_payload_shapes_still_decode() {
+        let refund: PaymentSignal = serde_json::from_str(
+            r#"{"signal":"refund","refund_id":"re_1","amount_cents":500,"state":"reversed"}"#,
+        )
+        .unwrap_or(PaymentSignal::Unhandled);
+        assert!(matches!(refund, PaymentSignal::Refund(r) if r.state == RefundState::Failed));
+        let lost: PaymentSignal =
+            serde_json::from_str(r#"{"signal":"dispute_closed","dispute_id":"du_1","won":false}"#)
+                .unwrap_or(PaymentSignal::Unhandled);
+        assert!(matches!(lost, PaymentSignal::DisputeClosed(d) if d.is_lost()));
+        let charge: PaymentSignal =
+            serde_json::from_str(r#"{"signal":"charge_refunded","amount_refunded_cents":200}"#)
+                .unwrap_or(PaymentSignal::Unhandled);
+        assert!(matches!(charge, PaymentSignal::ChargeRefunded { .. }));
     }
 }
