@@ -499,6 +499,8 @@ impl Model {
         let captured = status == PiStatus::Succeeded;
         let open = self.current().disputes.iter().position(Dispute::open);
         let lost = self.current().disputes.iter().any(|d| d.status == "lost");
+        // An intent not yet succeeded or canceled may still fail or succeed.
+        let can_settle = !matches!(status, PiStatus::Succeeded | PiStatus::Canceled);
         match op {
             Op::Tick(s) => self.tick(i64::from(*s)),
             Op::Processing
@@ -518,15 +520,7 @@ impl Model {
                     true,
                 );
             }
-            Op::Fail
-                if matches!(
-                    status,
-                    PiStatus::Created
-                        | PiStatus::Processing
-                        | PiStatus::RequiresAction
-                        | PiStatus::Failed
-                ) =>
-            {
+            Op::Fail if can_settle => {
                 self.current_mut().status = PiStatus::Failed;
                 self.emit("charge.failed", PaymentSignal::Unhandled, true);
                 self.emit("payment_intent.payment_failed", PaymentSignal::Failed, true);
@@ -540,15 +534,7 @@ impl Model {
                 self.current_mut().status = PiStatus::Canceled;
                 self.emit("payment_intent.canceled", PaymentSignal::Canceled, true);
             }
-            Op::Succeed
-                if matches!(
-                    status,
-                    PiStatus::Created
-                        | PiStatus::Processing
-                        | PiStatus::RequiresAction
-                        | PiStatus::Failed
-                ) =>
-            {
+            Op::Succeed if can_settle => {
                 self.current_mut().status = PiStatus::Succeeded;
                 self.emit("payment_intent.succeeded", PaymentSignal::Succeeded, true);
                 self.emit("charge.succeeded", PaymentSignal::Unhandled, true);
