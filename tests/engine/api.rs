@@ -719,6 +719,19 @@ pub async fn amount_tampering_and_bad_input_are_refused_and_store_nothing(backen
         (
             "POST",
             "/api/trips".into(),
+            // Above the documented ceiling (MAX_PRICE_PER_SEAT_CENTS).
+            json!({"title": "x", "seats": 2, "pricePerSeatCents": 1_000_001, "currency": "zar", "departureTime": "2030-01-01T00:00:00Z"}),
+            "pricePerSeatCents",
+        ),
+        (
+            "POST",
+            "/api/trips".into(),
+            json!({"title": "x", "seats": 2, "pricePerSeatCents": i64::MAX, "currency": "zar", "departureTime": "2030-01-01T00:00:00Z"}),
+            "pricePerSeatCents",
+        ),
+        (
+            "POST",
+            "/api/trips".into(),
             json!({"title": "x".repeat(201), "seats": 2, "pricePerSeatCents": 1, "currency": "zar", "departureTime": "2030-01-01T00:00:00Z"}),
             "title",
         ),
