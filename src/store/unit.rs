@@ -384,77 +384,23 @@ pub(crate) async fn run_batch<T: UnitTx>(
         tx.insert_bindings(&with_seq).await?;
     }
 
-    // 7. Project: every touched booking is recomputed from its events, with
-    //    one read and one write for the whole batch.
-    let ids: Vec<String> = touched_bookings.iter().cloned().collect();
-    let loaded = if ids.is_empty() {
-        Histories::default()
-    } else {
-        tx.booking_histories(&ids).await?
-    };
-    let mut outcomes: HashMap<i64, (Option<String>, EventOutcome)> = HashMap::new();
-    let mut changed: Vec<OutcomeRow> = Vec::new();
-    let mut rows_to_save: Vec<BookingView> = Vec::new();
-    let mut outbox: Vec<OutboxRow> = Vec::new();
-    for booking_id in &ids {
-        let history = decode_all(loaded.events.get(booking_id).map_or(&[], Vec::as_slice))?;
-        let BookingFold {
-            state,
-            outcomes: folded,
-            effects,
-        } = fold_booking(booking_id, &history);
-        let Some(state) = state else { continue };
-        rows_to_save.push(BookingView::from(&state));
-        for effect in &effects {
-            outbox.push(outbox_row(&state, effect));
-        }
-        for o in folded {
-            // Write only what changed: usually the new events' outcomes.
-            if loaded.outcomes.get(&o.seq) != Some(&o) {
-                changed.push((Some(booking_id.clone()), o.clone()));
-            }
-            outcomes.insert(o.seq, (Some(booking_id.clone()), o));
-        }
-    }
-    if !rows_to_save.is_empty() {
-        tx.save_bookings(&rows_to_save).await?;
-    }
-    // Stripe events that bind to no booking (yet): recorded as such, and
-    // re-judged when a binding for their intent arrives.
+    // 7. Project: every touched booking and trip is recomputed from its
+    //    events. Stripe events that bind to no booking (yet) are recorded as
+    //    such, and re-judged when a binding for their intent arrives.
+    let mut unbound = Vec::new();
     for (i, sub) in subs.iter().enumerate() {
-        let (Job::New(row_index), Command::RecordStripeEvent(fact)) = (&jobs[i], &sub.command)
-        else {
-            continue;
-        };
-        let seq = seq_of(*row_index)?;
-        if outcomes.contains_key(&seq) {
-            continue;
-        }
-        let why = if fact.payment_intent_id.is_none() && fact.signal == PaymentSignal::Unhandled {
-            reason::UNHANDLED_TYPE
-        } else {
-            reason::UNKNOWN_PAYMENT_INTENT
-        };
-        let outcome = EventOutcome {
-            seq,
-            outcome: OutcomeKind::Excluded,
-            reason: Some(why.to_string()),
-        };
-        outcomes.insert(seq, (None, outcome.clone()));
-        changed.push((None, outcome));
-    }
-    if !changed.is_empty() {
-        tx.save_outcomes(&changed).await?;
-    }
-    if !outbox.is_empty() {
-        tx.save_outbox(&outbox).await?;
-    }
-    for trip_id in &touched_trips {
-        let history = decode_all(&tx.trip_history(trip_id).await?)?;
-        if let Some(trip) = fold_trip(&history) {
-            tx.save_trip(&trip).await?;
+        if let (Job::New(row_index), Command::RecordStripeEvent(fact)) = (&jobs[i], &sub.command) {
+            let why = if fact.payment_intent_id.is_none() && fact.signal == PaymentSignal::Unhandled
+            {
+                reason::UNHANDLED_TYPE
+            } else {
+                reason::UNKNOWN_PAYMENT_INTENT
+            };
+            unbound.push((seq_of(*row_index)?, why));
         }
     }
+    let ids: Vec<String> = touched_bookings.iter().cloned().collect();
+    let outcomes = project(tx, &ids, &touched_trips, &unbound).await?.outcomes;
 
     // 8. Answers.
     let mut answers = Vec::with_capacity(subs.len());
@@ -483,6 +429,93 @@ pub(crate) async fn run_batch<T: UnitTx>(
         }));
     }
     Ok(answers)
+}
+
+/// What projecting a set of bookings produced.
+#[derive(Debug, Default)]
+pub(crate) struct Projection {
+    /// The rebuilt `trip_participants` rows.
+    pub bookings: Vec<BookingView>,
+    /// Every event's outcome (with its booking), by seq.
+    pub outcomes: HashMap<i64, OutcomeRow>,
+    /// The outcomes that differ from the stored ones: what must be written.
+    pub changed_outcomes: Vec<OutcomeRow>,
+    /// The side effects the folds produced (inserted only where absent).
+    pub outbox: Vec<OutboxRow>,
+}
+
+/// Folds each booking from its loaded history: rows, outcomes and side
+/// effects, compared with what is stored. Pure.
+pub(crate) fn project_bookings(ids: &[String], loaded: &Histories) -> Result<Projection, BatchError> {
+    let mut out = Projection::default();
+    for booking_id in ids {
+        let history = decode_all(loaded.events.get(booking_id).map_or(&[], Vec::as_slice))?;
+        let BookingFold {
+            state,
+            outcomes: folded,
+            effects,
+        } = fold_booking(booking_id, &history);
+        let Some(state) = state else { continue };
+        out.bookings.push(BookingView::from(&state));
+        for effect in &effects {
+            out.outbox.push(outbox_row(&state, effect));
+        }
+        for o in folded {
+            // Write only what changed: usually the new events' outcomes.
+            if loaded.outcomes.get(&o.seq) != Some(&o) {
+                out.changed_outcomes.push((Some(booking_id.clone()), o.clone()));
+            }
+            out.outcomes.insert(o.seq, (Some(booking_id.clone()), o));
+        }
+    }
+    Ok(out)
+}
+
+/// The projection step, shared by every write: recomputes the given
+/// bookings from their events and writes their rows, changed outcomes and
+/// side effects; records `unbound` events (seq, reason) that no booking
+/// claimed as excluded; recomputes the given trips' seat counts. Runs in
+/// the caller's transaction.
+pub(crate) async fn project<T: UnitTx>(
+    tx: &mut T,
+    bookings: &[String],
+    trips: &BTreeSet<String>,
+    unbound: &[(i64, &'static str)],
+) -> Result<Projection, BatchError> {
+    let loaded = if bookings.is_empty() {
+        Histories::default()
+    } else {
+        tx.booking_histories(bookings).await?
+    };
+    let mut projection = project_bookings(bookings, &loaded)?;
+    for (seq, why) in unbound {
+        if projection.outcomes.contains_key(seq) {
+            continue;
+        }
+        let outcome = EventOutcome {
+            seq: *seq,
+            outcome: OutcomeKind::Excluded,
+            reason: Some((*why).to_string()),
+        };
+        projection.outcomes.insert(*seq, (None, outcome.clone()));
+        projection.changed_outcomes.push((None, outcome));
+    }
+    if !projection.bookings.is_empty() {
+        tx.save_bookings(&projection.bookings).await?;
+    }
+    if !projection.changed_outcomes.is_empty() {
+        tx.save_outcomes(&projection.changed_outcomes).await?;
+    }
+    if !projection.outbox.is_empty() {
+        tx.save_outbox(&projection.outbox).await?;
+    }
+    for trip_id in trips {
+        let history = decode_all(&tx.trip_history(trip_id).await?)?;
+        if let Some(trip) = fold_trip(&history) {
+            tx.save_trip(&trip).await?;
+        }
+    }
+    Ok(projection)
 }
 
 /// The outbox row of one side effect: CONTRACT.md's message body, under the
