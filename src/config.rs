@@ -61,6 +61,13 @@ pub struct Config {
     pub stripe_livemode: bool,
     pub webhook_tolerance_secs: u64,
     pub log_format: LogFormat,
+    /// Where side-effect messages are delivered; unset: they wait in the
+    /// outbox.
+    pub notify_url: Option<String>,
+    /// Signs delivered messages (`Klubz-Signature`).
+    pub notify_secret: Secret,
+    /// The dispatcher's retry schedule (`dispatch::SCHEDULE`; tests shorten it).
+    pub notify_schedule: Vec<std::time::Duration>,
     /// Secrets generated into the secrets file by this load (to warn about).
     pub generated: Vec<&'static str>,
     pub secrets_file: Option<PathBuf>,
@@ -155,6 +162,25 @@ impl Config {
                 format!("whsec_{}", hex::encode(random_bytes()))
             })?
         };
+        let notify_url = get("NOTIFY_URL");
+        if let Some(url) = &notify_url {
+            if reqwest::Url::parse(url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .is_none()
+            {
+                return Err(err("NOTIFY_URL", "must be an http(s) URL"));
+            }
+        }
+        // Production needs it only when messages are delivered.
+        let notify_secret = if production && notify_url.is_none() {
+            get("NOTIFY_SECRET").unwrap_or_default()
+        } else {
+            secret("NOTIFY_SECRET", || hex::encode(random_bytes()))?
+        };
+        if notify_url.is_some() && notify_secret.len() < 32 {
+            return Err(err("NOTIFY_SECRET", "must be at least 32 bytes"));
+        }
         if !generated.is_empty() {
             write_secrets(&secrets_path, &file)?;
         }
@@ -218,6 +244,9 @@ impl Config {
             stripe_livemode,
             webhook_tolerance_secs,
             log_format,
+            notify_url,
+            notify_secret: Secret::new(notify_secret),
+            notify_schedule: crate::dispatch::SCHEDULE.to_vec(),
             secrets_file: (!production).then_some(secrets_path),
             generated,
         })
@@ -297,7 +326,12 @@ mod tests {
         let first = load(&[], dir.path()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             first.generated,
-            vec!["JWT_SECRET", "ENCRYPTION_KEY", "STRIPE_WEBHOOK_SECRET"]
+            vec![
+                "JWT_SECRET",
+                "ENCRYPTION_KEY",
+                "STRIPE_WEBHOOK_SECRET",
+                "NOTIFY_SECRET"
+            ]
         );
         let second = load(&[], dir.path()).unwrap_or_else(|e| panic!("{e}"));
         assert!(second.generated.is_empty());
@@ -364,6 +398,18 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert!(without_webhook.webhook_secrets.is_empty());
+        // Delivering messages in production needs their signing secret.
+        let e = load(
+            &[
+                ("ENVIRONMENT", "production"),
+                ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+                ("ENCRYPTION_KEY", &"ab".repeat(32)),
+                ("NOTIFY_URL", "https://hooks.example.com/klubz"),
+            ],
+            dir.path(),
+        )
+        .err();
+        assert_eq!(e.map(|e| e.variable), Some("NOTIFY_SECRET"));
         assert!(cfg.stripe_livemode);
         assert!(format!("{cfg:?}").contains("<redacted>"));
         assert!(!format!("{cfg:?}").contains("whsec_test_one"));
@@ -378,6 +424,7 @@ mod tests {
             ("WEBHOOK_TOLERANCE_SECS", "-5"),
             ("DATABASE_URL", "mysql://x"),
             ("LOG_FORMAT", "xml"),
+            ("NOTIFY_URL", "ftp://hooks.example.com"),
         ] {
             let e = load(&[(var, value)], dir.path()).err();
             assert_eq!(e.map(|e| e.variable), Some(var));

@@ -13,6 +13,8 @@
 //!   default, group commit through one writer) and PostgreSQL (several
 //!   engine processes). Appends, idempotency, the hash chain, projections in
 //!   the same transaction, migrations, `verify`. The only module with SQL.
+//! - [`dispatch`]: the outbox dispatcher, delivering side-effect messages
+//!   to `NOTIFY_URL` with signatures, leases and a retry schedule.
 //! - [`config`]: configuration from the environment; secrets redacted.
 //! - [`telemetry`]: log setup.
 //! - [`smoke`]: the `smoke` command's end-to-end scenario.
@@ -24,6 +26,7 @@
 pub mod auth;
 pub mod config;
 pub mod crypto;
+pub mod dispatch;
 pub mod domain;
 pub mod http;
 pub mod projection;

@@ -129,6 +129,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         livemode = config.stripe_livemode,
         "klubz-ledger listening"
     );
+    // Background work stops when the server does: the dispatcher finishes
+    // the delivery in hand (its attempt is recorded) and exits.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let dispatcher = klubz_ledger::dispatch::spawn(store.clone(), &config, stopped);
+    if dispatcher.is_none() {
+        tracing::info!("NOTIFY_URL unset: side-effect messages wait in the outbox");
+    }
     let state = klubz_ledger::http::AppState::new(store, std::sync::Arc::new(config));
     match state.gateway.as_ref().map(|g| g.name()) {
         Some("offline") => tracing::warn!(
@@ -141,6 +148,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Some(_) => {}
     }
     klubz_ledger::http::serve(listener, state, shutdown_signal()).await?;
+    let _ = stop.send(true);
+    if let Some(task) = dispatcher {
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

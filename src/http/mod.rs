@@ -10,6 +10,7 @@ mod idempotency;
 pub mod metrics;
 mod middleware;
 mod monitoring;
+mod outbox;
 mod payments;
 mod trips;
 mod views;
@@ -170,6 +171,7 @@ pub fn router(state: AppState) -> Router {
         .merge(bookings::router())
         .merge(payments::router())
         .merge(monitoring::router())
+        .merge(outbox::router())
         .fallback(|| async { ApiError::not_found("route") })
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_panic: Box<dyn std::any::Any + Send>| {

@@ -51,7 +51,9 @@ async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Json<V
             .map(|(o, r, n)| json!({"outcome": o, "reason": r, "count": n})).collect::<Vec<_>>(),
         "idempotentReplays": state.metrics.get("idempotency.replays"),
         "outbox": stats.outbox.iter()
-            .map(|(k, sent, n)| json!({"kind": k, "sent": sent, "count": n})).collect::<Vec<_>>(),
+            .map(|(k, status, n)| json!({"kind": k, "status": status, "count": n})).collect::<Vec<_>>(),
+        "outboxDepth": stats.outbox.iter().filter(|(_, s, _)| s == "pending").map(|(_, _, n)| n).sum::<i64>(),
+        "outboxFailed": stats.outbox.iter().filter(|(_, s, _)| s == "failed").map(|(_, _, n)| n).sum::<i64>(),
         "requests": state.metrics.get("http.requests"),
         "latencyMs": latency(&state),
     })))

@@ -195,7 +195,7 @@ macro_rules! impl_event_store {
                 {
                     stats
                         .outbox
-                        .push((r.try_get("kind")?, r.try_get("sent")?, r.try_get("n")?));
+                        .push((r.try_get("kind")?, r.try_get("status")?, r.try_get("n")?));
                 }
                 Ok(stats)
             }

@@ -13,12 +13,15 @@ pub mod chain;
 #[macro_use]
 mod event_store_impl;
 pub mod migrations;
+pub mod outbox;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
 mod unit;
 pub mod verify;
 mod writer;
+
+pub use outbox::{AfterAttempt, OutboxAttempt, OutboxFilter, OutboxMessage, OutboxStore};
 
 use crate::domain::{Command, DomainError, EventOutcome, Recorded, Source, TripState};
 use crate::projection::BookingView;
@@ -234,14 +237,15 @@ pub struct LedgerStats {
     pub outcomes: Vec<(String, Option<String>, i64)>,
     /// Stripe events that bind to no booking.
     pub unbound_events: i64,
-    /// (kind, sent, count)
-    pub outbox: Vec<(String, bool, i64)>,
+    /// (kind, status, count)
+    pub outbox: Vec<(String, String, i64)>,
 }
 
 /// The storage behind the engine. `Arc<dyn EventStore>` is what HTTP, the
-/// commands and the replay tool hold.
+/// commands and the replay tool hold; the outbox's delivery side is its own
+/// trait ([`outbox::OutboxStore`]).
 #[async_trait]
-pub trait EventStore: Send + Sync {
+pub trait EventStore: outbox::OutboxStore + Send + Sync {
     /// Which backend this is (`sqlite` | `postgres`).
     fn backend(&self) -> &'static str;
 

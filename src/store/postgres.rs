@@ -49,7 +49,7 @@ impl Default for Options {
 }
 
 pub struct PgStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
     writer: Writer,
 }
 

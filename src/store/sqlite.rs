@@ -33,7 +33,7 @@ use tokio::sync::Mutex;
 
 pub struct SqliteStore {
     /// Readers: several connections; WAL lets them read while the writer writes.
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
     /// The single writer's queue.
     writer: Writer,
 }

@@ -446,7 +446,10 @@ pub(crate) struct Projection {
 
 /// Folds each booking from its loaded history: rows, outcomes and side
 /// effects, compared with what is stored. Pure.
-pub(crate) fn project_bookings(ids: &[String], loaded: &Histories) -> Result<Projection, BatchError> {
+pub(crate) fn project_bookings(
+    ids: &[String],
+    loaded: &Histories,
+) -> Result<Projection, BatchError> {
     let mut out = Projection::default();
     for booking_id in ids {
         let history = decode_all(loaded.events.get(booking_id).map_or(&[], Vec::as_slice))?;
@@ -463,7 +466,8 @@ pub(crate) fn project_bookings(ids: &[String], loaded: &Histories) -> Result<Pro
         for o in folded {
             // Write only what changed: usually the new events' outcomes.
             if loaded.outcomes.get(&o.seq) != Some(&o) {
-                out.changed_outcomes.push((Some(booking_id.clone()), o.clone()));
+                out.changed_outcomes
+                    .push((Some(booking_id.clone()), o.clone()));
             }
             out.outcomes.insert(o.seq, (Some(booking_id.clone()), o));
         }

@@ -32,6 +32,7 @@ macro_rules! on_both_backends {
 mod api;
 mod app;
 mod cli;
+mod dispatch;
 mod helpers;
 mod money;
 mod store;
