@@ -7,6 +7,8 @@
 //!   database. Everything below depends on it; it depends on nothing here.
 //! - [`stripe`]: Stripe at the edge. Reads Stripe event JSON (any API
 //!   version) into domain facts.
+//! - [`ingest`]: recording one Stripe event, from the webhook or from an
+//!   operator's import and catch-up: one idempotent path.
 //! - [`projection`]: the projection rows (bookings, trips) and how a fold
 //!   result becomes one.
 //! - [`store`]: the event store behind one async trait, on SQLite (embedded
@@ -29,6 +31,7 @@ pub mod crypto;
 pub mod dispatch;
 pub mod domain;
 pub mod http;
+pub mod ingest;
 pub mod projection;
 pub mod smoke;
 pub mod store;

@@ -1,10 +1,10 @@
-//! `klubz-replay`: the operators' tool. This version has `verify`; `plan`,
-//! `apply`, `import`, `side-effects` and `audit` (CONTRACT.md) arrive with
-//! the replay issue.
+//! `klubz-replay`: the operators' tool. A thin shell over `klubz_replay`
+//! (the library): parse the command line, open the store named by the
+//! engine's configuration, run the command, map its result to an exit code.
 
 use clap::{Parser, Subcommand};
 use klubz_ledger::config::Config;
-use klubz_ledger::store::verify::verify;
+use klubz_replay::{Operator, SideEffectsAction};
 use std::process::ExitCode;
 
 /// Audited recovery for klubz-ledger (same configuration variables as the engine).
@@ -24,6 +24,55 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Ingest Stripe events recovered from Stripe's Events API (a JSON list
+    /// response, or one event per line) through the engine's idempotent
+    /// path, marked operator_import; duplicates are skipped; audited.
+    Import {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        operator: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause, resume or show the delivery of side-effect messages.
+    SideEffects {
+        #[command(subcommand)]
+        action: SideEffectsCmd,
+    },
+    /// The audit records (operator actions), newest first.
+    Audit {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SideEffectsCmd {
+    /// Stop every engine's dispatcher (audited; requires --operator and --reason).
+    Pause {
+        #[arg(long)]
+        operator: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deliver again what waited (audited; requires --operator and --reason).
+    Resume {
+        #[arg(long)]
+        operator: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Paused or active, and how many messages wait.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main]
@@ -36,54 +85,79 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command {
-        Cmd::Verify { json } => match run_verify(&config, json).await {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::FAILURE,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(2)
-            }
-        },
+    match run(cli.command, &config).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }
 
-async fn run_verify(config: &Config, json: bool) -> anyhow::Result<bool> {
+/// `Ok(false)`: the command ran and found a problem (exit 1).
+async fn run(command: Cmd, config: &Config) -> anyhow::Result<bool> {
     let chain_key = config.encryption_key.chain_key();
+    // Refuse before touching the database when who and why are missing.
+    let operator =
+        |o: &Option<String>, r: &Option<String>| Operator::new(o.as_deref(), r.as_deref());
+    let needs = match &command {
+        Cmd::Import {
+            operator: o,
+            reason: r,
+            ..
+        } => Some(operator(o, r)?),
+        Cmd::SideEffects {
+            action:
+                SideEffectsCmd::Pause {
+                    operator: o,
+                    reason: r,
+                    ..
+                }
+                | SideEffectsCmd::Resume {
+                    operator: o,
+                    reason: r,
+                    ..
+                },
+        } => Some(operator(o, r)?),
+        _ => None,
+    };
     let store = klubz_ledger::store::open(&config.database_url, chain_key.clone()).await?;
-    let report = verify(store.as_ref(), &chain_key).await?;
-    if json {
-        let value = serde_json::json!({
-            "ok": report.is_ok(),
-            "events": report.events,
-            "streams": report.streams,
-            "bookings": report.bookings,
-            "trips": report.trips,
-            "brokenLink": report.broken_link.as_ref().map(|b| serde_json::json!({
-                "seq": b.seq, "stream": b.stream, "streamVersion": b.stream_version, "problem": b.problem,
-            })),
-            "drift": report.drift.iter().map(|d| serde_json::json!({
-                "entity": d.entity, "stored": d.stored, "folded": d.folded,
-            })).collect::<Vec<_>>(),
-        });
-        println!("{value}");
-    } else {
-        println!(
-            "checked {} events in {} streams, {} bookings, {} trips",
-            report.events, report.streams, report.bookings, report.trips
-        );
-        if let Some(b) = &report.broken_link {
-            println!("BROKEN CHAIN: {b}");
+    let store = store.as_ref();
+    let mut out = std::io::stdout().lock();
+    match command {
+        Cmd::Verify { json } => klubz_replay::verify(store, &chain_key, json, &mut out).await,
+        Cmd::Import { file, json, .. } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("read {}: {e}", file.display()))?;
+            let operator = needs.ok_or_else(|| anyhow::anyhow!("operator missing"))?;
+            let progress = klubz_replay::progress_bar(json);
+            let report = klubz_replay::import(
+                store,
+                &config.encryption_key.payload_cipher(),
+                config.stripe_livemode,
+                &file.display().to_string(),
+                &text,
+                &operator,
+                json,
+                &progress,
+                &mut out,
+            )
+            .await?;
+            Ok(report.invalid == 0)
         }
-        for d in &report.drift {
-            println!(
-                "DRIFT {}: stored {} but the log folds to {}",
-                d.entity, d.stored, d.folded
-            );
+        Cmd::SideEffects { action } => {
+            let (action, json) = match action {
+                SideEffectsCmd::Pause { json, .. } => (SideEffectsAction::Pause, json),
+                SideEffectsCmd::Resume { json, .. } => (SideEffectsAction::Resume, json),
+                SideEffectsCmd::Status { json } => (SideEffectsAction::Status, json),
+            };
+            klubz_replay::side_effects(store, action, needs, json, &mut out).await?;
+            Ok(true)
         }
-        if report.is_ok() {
-            println!("verify ok");
+        Cmd::Audit { json } => {
+            klubz_replay::audit(store, json, &mut out).await?;
+            Ok(true)
         }
     }
-    Ok(report.is_ok())
 }

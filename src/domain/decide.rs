@@ -61,6 +61,7 @@ pub enum OperatorKind {
     ReplayApplied,
     SideEffectsPaused,
     SideEffectsResumed,
+    Imported,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -248,6 +249,7 @@ pub fn decide(command: &Command, ctx: Context<'_>) -> Result<Event, DomainError>
             OperatorKind::ReplayApplied => Event::ReplayApplied(action.clone()),
             OperatorKind::SideEffectsPaused => Event::SideEffectsPaused(action.clone()),
             OperatorKind::SideEffectsResumed => Event::SideEffectsResumed(action.clone()),
+            OperatorKind::Imported => Event::OperatorImported(action.clone()),
         }),
     }
 }

@@ -137,6 +137,9 @@ pub enum Event {
     ReplayApplied(OperatorAction),
     SideEffectsPaused(OperatorAction),
     SideEffectsResumed(OperatorAction),
+    /// Stripe events recovered by an operator (`import`, `catch-up`) were
+    /// ingested; the detail says what and how many.
+    OperatorImported(OperatorAction),
 }
 
 /// A stored event could not be read back as a known kind.
@@ -161,6 +164,7 @@ impl Event {
             Self::ReplayApplied(_) => "ReplayApplied",
             Self::SideEffectsPaused(_) => "SideEffectsPaused",
             Self::SideEffectsResumed(_) => "SideEffectsResumed",
+            Self::OperatorImported(_) => "OperatorImported",
         }
     }
 
@@ -175,9 +179,10 @@ impl Event {
             }
             Self::PaymentIntentBound(e) => serde_json::to_string(e),
             Self::StripeEventReceived(e) => serde_json::to_string(e),
-            Self::ReplayApplied(e) | Self::SideEffectsPaused(e) | Self::SideEffectsResumed(e) => {
-                serde_json::to_string(e)
-            }
+            Self::ReplayApplied(e)
+            | Self::SideEffectsPaused(e)
+            | Self::SideEffectsResumed(e)
+            | Self::OperatorImported(e) => serde_json::to_string(e),
         };
         // Serialising these plain structs cannot fail (no maps with non-string
         // keys, no custom serialisers that error).
@@ -203,6 +208,7 @@ impl Event {
             "ReplayApplied" => Self::ReplayApplied(de(kind, payload)?),
             "SideEffectsPaused" => Self::SideEffectsPaused(de(kind, payload)?),
             "SideEffectsResumed" => Self::SideEffectsResumed(de(kind, payload)?),
+            "OperatorImported" => Self::OperatorImported(de(kind, payload)?),
             other => {
                 return Err(DecodeError {
                     kind: other.to_string(),

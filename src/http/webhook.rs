@@ -8,13 +8,13 @@
 
 use super::extract::RawBody;
 use super::{current_request_id, ApiError, AppState};
-use crate::domain::{Command, OutcomeKind, Source};
-use crate::store::{Submission, SubmitError};
-use crate::stripe::{parse_event, signature};
+use crate::domain::Source;
+use crate::ingest::{ingest, IngestError, Ingested};
+use crate::stripe::signature;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
-use chrono::{TimeZone, Utc};
+use chrono::Utc;
 use serde_json::{json, Value};
 
 pub async fn receive(
@@ -51,65 +51,52 @@ pub async fn receive(
         m.incr("webhook.clock_skew");
     }
 
-    let fact = parse_event(&bytes, state.config.stripe_livemode).map_err(|e| {
-        m.incr("webhook.invalid_body");
-        ApiError::validation(format!("authentic body is not a Stripe event: {e}"))
-    })?;
-    let event_id = fact.event_id.clone();
-    let event_type = fact.event_type.clone();
-    let occurred = Utc
-        .timestamp_opt(fact.created, 0)
-        .single()
-        .unwrap_or_else(Utc::now);
-    let submission = Submission::new(
-        Command::RecordStripeEvent(fact),
+    let ingested = ingest(
+        state.store.as_ref(),
+        &state.cipher,
+        &bytes,
+        state.config.stripe_livemode,
         Source::StripeWebhook,
-        occurred,
     )
-    .with_raw_payload(state.cipher.encrypt(&bytes));
-
-    match state.store.submit(submission).await {
-        Ok(done) if done.duplicate => {
+    .await;
+    match ingested {
+        Ok((_, Ingested::Replay { .. })) => {
             m.incr("webhook.replay");
             Ok(Json(json!({"received": true, "replay": true})))
         }
-        Ok(done) => {
-            let outcome = done.outcome.as_ref();
-            match outcome.map(|o| (o.outcome, o.reason.as_deref())) {
-                Some((OutcomeKind::Applied | OutcomeKind::Noop, _)) => {
-                    m.incr("webhook.applied");
-                    tracing::info!(requestId = %current_request_id(), eventId = %event_id, eventType = %event_type, seq = done.seq, "webhook applied");
-                    Ok(Json(json!({"received": true})))
-                }
-                Some((_, reason)) => {
-                    let reason = reason.unwrap_or("invalid_transition");
-                    m.incr(&format!("webhook.ignored.{reason}"));
-                    tracing::info!(requestId = %current_request_id(), eventId = %event_id, eventType = %event_type, seq = done.seq, reason, "webhook stored, not applied");
-                    Ok(Json(
-                        json!({"received": true, "ignored": true, "reason": reason}),
-                    ))
-                }
-                None => {
-                    m.incr("webhook.applied");
-                    Ok(Json(json!({"received": true})))
-                }
-            }
+        Ok((e, Ingested::Applied { seq })) => {
+            m.incr("webhook.applied");
+            tracing::info!(requestId = %current_request_id(), eventId = %e.id, eventType = %e.event_type, seq, "webhook applied");
+            Ok(Json(json!({"received": true})))
+        }
+        Ok((e, Ingested::Ignored { seq, reason })) => {
+            m.incr(&format!("webhook.ignored.{reason}"));
+            tracing::info!(requestId = %current_request_id(), eventId = %e.id, eventType = %e.event_type, seq, reason = %reason, "webhook stored, not applied");
+            Ok(Json(
+                json!({"received": true, "ignored": true, "reason": reason}),
+            ))
         }
         // The id is stored, with a different body: we hold this event
         // already; acknowledge, and count it as a security signal.
-        Err(SubmitError::IdempotencyConflict { .. }) => {
+        Ok((e, Ingested::ConflictingReplay)) => {
             m.incr("webhook.replay");
             m.incr("security.idempotency_conflicts");
-            tracing::warn!(requestId = %current_request_id(), eventId = %event_id, "webhook event id stored before with different content");
+            tracing::warn!(requestId = %current_request_id(), eventId = %e.id, "webhook event id stored before with different content");
             Ok(Json(json!({"received": true, "replay": true})))
         }
-        Err(SubmitError::Store(e)) => {
+        Err(IngestError::NotAnEvent(e)) => {
+            m.incr("webhook.invalid_body");
+            Err(ApiError::validation(format!(
+                "authentic body is not a Stripe event: {e}"
+            )))
+        }
+        Err(IngestError::Store(e)) => {
             m.incr("webhook.storage_unavailable");
-            tracing::warn!(requestId = %current_request_id(), error = %e, eventId = %event_id, "webhook not stored: storage unavailable");
+            tracing::warn!(requestId = %current_request_id(), error = %e, "webhook not stored: storage unavailable");
             Err(super::store_error(e))
         }
-        Err(e) => {
-            tracing::error!(requestId = %current_request_id(), error = %e, eventId = %event_id, "webhook refused by the domain");
+        Err(IngestError::Refused(e)) => {
+            tracing::error!(requestId = %current_request_id(), error = %e, "webhook refused by the domain");
             Err(ApiError::internal())
         }
     }

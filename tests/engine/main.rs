@@ -35,5 +35,6 @@ mod cli;
 mod dispatch;
 mod helpers;
 mod money;
+mod replay;
 mod store;
 mod webhook;

@@ -1,0 +1,235 @@
+//! `klubz-replay` commands through their library, on both backends: the
+//! side-effects switch and the audit trail, and `import` of recovered
+//! Stripe events through the engine's idempotent path.
+
+use crate::app::ENCRYPTION_KEY_HEX;
+use crate::helpers::*;
+use klubz_ledger::crypto::MasterKey;
+use klubz_ledger::domain::PaymentStatus;
+use klubz_replay::{Operator, SideEffectsAction};
+use serde_json::{json, Value};
+
+fn operator() -> Operator {
+    Operator::new(Some("alice"), Some("incident 42: webhooks lost")).unwrap()
+}
+
+fn cipher() -> klubz_ledger::crypto::PayloadCipher {
+    MasterKey::parse_hex(ENCRYPTION_KEY_HEX)
+        .unwrap()
+        .payload_cipher()
+}
+
+fn text(out: Vec<u8>) -> String {
+    String::from_utf8(out).unwrap()
+}
+
+pub async fn side_effects_switch_is_audited(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store.as_ref();
+    assert!(Operator::new(Some("alice"), None).is_err());
+    assert!(Operator::new(Some(" "), Some("why")).is_err());
+    let mut out = Vec::new();
+    klubz_replay::side_effects(store, SideEffectsAction::Pause, None, false, &mut out)
+        .await
+        .unwrap_err();
+    assert!(
+        !store.side_effects_paused().await.unwrap(),
+        "refused, nothing changed"
+    );
+
+    let mut out = Vec::new();
+    klubz_replay::side_effects(
+        store,
+        SideEffectsAction::Pause,
+        Some(operator()),
+        false,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    assert!(text(out).starts_with("side effects: paused (recorded at seq"));
+    assert!(store.side_effects_paused().await.unwrap());
+    // Pausing again changes nothing and records nothing.
+    let mut out = Vec::new();
+    klubz_replay::side_effects(
+        store,
+        SideEffectsAction::Pause,
+        Some(operator()),
+        true,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        (v["paused"].clone(), v["changed"].clone()),
+        (json!(true), json!(false))
+    );
+
+    let bob = Operator::new(Some("bob"), Some("incident 42 resolved")).unwrap();
+    let mut out = Vec::new();
+    klubz_replay::side_effects(store, SideEffectsAction::Resume, Some(bob), false, &mut out)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    klubz_replay::side_effects(store, SideEffectsAction::Status, None, false, &mut out)
+        .await
+        .unwrap();
+    assert_eq!(text(out), "side effects: active; 0 messages pending\n");
+
+    let mut out = Vec::new();
+    klubz_replay::audit(store, true, &mut out).await.unwrap();
+    let records: Value = serde_json::from_slice(&out).unwrap();
+    let summary: Vec<(String, String, String)> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap().into(),
+                r["operator"].as_str().unwrap().into(),
+                r["reason"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "SideEffectsResumed".into(),
+                "bob".into(),
+                "incident 42 resolved".into()
+            ),
+            (
+                "SideEffectsPaused".into(),
+                "alice".into(),
+                "incident 42: webhooks lost".into()
+            ),
+        ]
+    );
+    let report = klubz_ledger::store::verify::verify(store, &chain_key())
+        .await
+        .unwrap();
+    assert!(
+        report.is_ok(),
+        "the audit trail is part of the chain: {report:?}"
+    );
+}
+
+pub async fn import_goes_through_the_idempotent_path(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store.as_ref();
+    db.accepted_booking().await;
+    db.bind("b1", "u1", "pi_1", 2000).await.unwrap();
+    // One event arrived by webhook before the incident.
+    db.stripe(&event(
+        "evt_1",
+        "payment_intent.processing",
+        1,
+        intent("pi_1", 2000),
+    ))
+    .await
+    .unwrap();
+    // What Stripe's Events API returns: a list, newest first.
+    let list = json!({
+        "object": "list",
+        "has_more": false,
+        "data": [
+            event("evt_3", "charge.refunded", 3, charge_refunded("pi_1", 2000, 500)),
+            event("evt_2", "payment_intent.succeeded", 2, intent("pi_1", 2000)),
+            event("evt_1", "payment_intent.processing", 1, intent("pi_1", 2000)),
+            event("evt_9", "payment_intent.succeeded", 4, intent("pi_unknown", 2000)),
+        ],
+    });
+    let progress = indicatif::ProgressBar::hidden();
+    let mut out = Vec::new();
+    let report = klubz_replay::import(
+        store,
+        &cipher(),
+        false,
+        "events.json",
+        &list.to_string(),
+        &operator(),
+        false,
+        &progress,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            report.read,
+            report.new,
+            report.applied,
+            report.ignored,
+            report.already_stored,
+            report.invalid
+        ),
+        (4, 3, 2, 1, 1, 0)
+    );
+    assert_eq!(
+        text(out),
+        "read 4 events: 3 new (2 applied, 1 stored not applied), 1 already stored, 0 invalid\n"
+    );
+    let b = store.booking("b1").await.unwrap().unwrap();
+    assert_eq!(
+        (b.payment_status, b.amount_refunded_cents.get()),
+        (PaymentStatus::PartiallyRefunded, 500)
+    );
+    let timeline = store.timeline("b1").await.unwrap();
+    let sources: Vec<&str> = timeline
+        .iter()
+        .filter(|e| e.kind == "StripeEventReceived")
+        .map(|e| e.source.as_str())
+        .collect();
+    assert_eq!(
+        sources,
+        ["stripe_webhook", "operator_import", "operator_import"]
+    );
+
+    // One event per line, with a broken line; run twice: nothing new.
+    let lines = format!(
+        "{}\nnot json\n{}\n",
+        event("evt_2", "payment_intent.succeeded", 2, intent("pi_1", 2000)),
+        event(
+            "evt_3",
+            "charge.refunded",
+            3,
+            charge_refunded("pi_1", 2000, 500)
+        ),
+    );
+    let mut out = Vec::new();
+    let again = klubz_replay::import(
+        store,
+        &cipher(),
+        false,
+        "events.ndjson",
+        &lines,
+        &operator(),
+        true,
+        &progress,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (again.read, again.new, again.already_stored, again.invalid),
+        (3, 0, 2, 1)
+    );
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["alreadyStored"], 2);
+    let mut out = Vec::new();
+    klubz_replay::audit(store, false, &mut out).await.unwrap();
+    let audit = text(out);
+    assert_eq!(audit.matches("OperatorImported").count(), 2, "{audit}");
+    assert!(audit.contains("operator=alice"));
+    let report = klubz_ledger::store::verify::verify(store, &chain_key())
+        .await
+        .unwrap();
+    assert!(report.is_ok(), "{report:?}");
+}
+
+on_both_backends!(replay:
+    side_effects_switch_is_audited,
+    import_goes_through_the_idempotent_path,
+);
