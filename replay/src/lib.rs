@@ -15,7 +15,7 @@ use klubz_ledger::domain::{Command, Event, Source};
 use klubz_ledger::ingest::{ingest, Ingested};
 use klubz_ledger::store::chain::ChainKey;
 use klubz_ledger::store::verify::verify as verify_ledger;
-use klubz_ledger::store::{EventStore, Submission};
+use klubz_ledger::store::{EventStore, Rebuild, Submission};
 use serde_json::{json, Value};
 use std::io::Write;
 
@@ -41,6 +41,8 @@ impl Operator {
     }
 }
 
+pub mod plan;
+
 /// Appends an audit record (an operator event).
 async fn record(
     store: &dyn EventStore,
@@ -48,20 +50,34 @@ async fn record(
     operator: &Operator,
     detail: Value,
 ) -> anyhow::Result<i64> {
+    record_with(store, kind, operator, detail, None).await
+}
+
+/// Appends an audit record; `rebuild` recomputes those projections in the
+/// same transaction (a replay).
+pub(crate) async fn record_with(
+    store: &dyn EventStore,
+    kind: OperatorKind,
+    operator: &Operator,
+    detail: Value,
+    rebuild: Option<Rebuild>,
+) -> anyhow::Result<i64> {
     let action = OperatorAction {
         operator: operator.name.clone(),
         reason: operator.reason.clone(),
         detail,
     };
+    let mut submission = Submission::new(
+        Command::RecordOperatorAction(kind, action),
+        Source::Operator,
+        Utc::now(),
+    )
+    .with_key(format!("operator:{}", uuid::Uuid::new_v4()));
+    if let Some(rebuild) = rebuild {
+        submission = submission.with_rebuild(rebuild);
+    }
     let done = store
-        .submit(
-            Submission::new(
-                Command::RecordOperatorAction(kind, action),
-                Source::Operator,
-                Utc::now(),
-            )
-            .with_key(format!("operator:{}", uuid::Uuid::new_v4())),
-        )
+        .submit(submission)
         .await
         .context("record the audit event")?;
     Ok(done.seq)

@@ -24,6 +24,32 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Dry run: rebuild projections from the log, show each booking or trip
+    /// whose state would change (before → after) and the side-effect
+    /// messages never produced; print the plan id.
+    Plan {
+        /// Only these bookings (and their trips); repeatable.
+        #[arg(long = "booking")]
+        bookings: Vec<String>,
+        /// Write the plan here, for apply.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a plan: refused if the log moved past it; pauses side effects,
+    /// rebuilds in one transaction with an audit record, and leaves side
+    /// effects paused unless --resume-side-effects.
+    Apply {
+        #[arg(long)]
+        plan: std::path::PathBuf,
+        #[arg(long)]
+        operator: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        resume_side_effects: bool,
+    },
     /// Ingest Stripe events recovered from Stripe's Events API (a JSON list
     /// response, or one event per line) through the engine's idempotent
     /// path, marked operator_import; duplicates are skipped; audited.
@@ -102,6 +128,11 @@ async fn run(command: Cmd, config: &Config) -> anyhow::Result<bool> {
     let operator =
         |o: &Option<String>, r: &Option<String>| Operator::new(o.as_deref(), r.as_deref());
     let needs = match &command {
+        Cmd::Apply {
+            operator: o,
+            reason: r,
+            ..
+        } => Some(operator(o, r)?),
         Cmd::Import {
             operator: o,
             reason: r,
@@ -127,6 +158,35 @@ async fn run(command: Cmd, config: &Config) -> anyhow::Result<bool> {
     let mut out = std::io::stdout().lock();
     match command {
         Cmd::Verify { json } => klubz_replay::verify(store, &chain_key, json, &mut out).await,
+        Cmd::Plan {
+            bookings,
+            out: file,
+            json,
+        } => {
+            let progress = klubz_replay::progress_bar(json);
+            let plan = klubz_replay::plan::plan(store, &bookings, &progress).await?;
+            if let Some(file) = file {
+                std::fs::write(&file, plan.to_json().to_string())
+                    .map_err(|e| anyhow::anyhow!("write {}: {e}", file.display()))?;
+            }
+            klubz_replay::plan::write_plan(&plan, json, &mut out)?;
+            Ok(true)
+        }
+        Cmd::Apply {
+            plan,
+            resume_side_effects,
+            ..
+        } => {
+            let text = std::fs::read_to_string(&plan)
+                .map_err(|e| anyhow::anyhow!("read {}: {e}", plan.display()))?;
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{} is not a plan: {e}", plan.display()))?;
+            let plan = klubz_replay::plan::Plan::from_json(&value)?;
+            let operator = needs.ok_or_else(|| anyhow::anyhow!("operator missing"))?;
+            klubz_replay::plan::apply(store, &plan, &operator, resume_side_effects, &mut out)
+                .await?;
+            Ok(true)
+        }
         Cmd::Import { file, json, .. } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| anyhow::anyhow!("read {}: {e}", file.display()))?;

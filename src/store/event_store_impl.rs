@@ -131,6 +131,29 @@ macro_rules! impl_event_store {
                 .await?)
             }
 
+            async fn logged_ids(
+                &self,
+                prefix: &str,
+                after: &str,
+                limit: i64,
+            ) -> Result<Vec<String>, StoreError> {
+                // LIKE for the prefix, the collation's order for paging:
+                // correct whatever the database's collation.
+                let streams: Vec<String> = sqlx::query_scalar(
+                    "SELECT DISTINCT stream FROM events WHERE stream LIKE $2 AND stream > $1 \
+                     ORDER BY stream LIMIT $3",
+                )
+                .bind(format!("{prefix}{after}"))
+                .bind(format!("{prefix}%"))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(streams
+                    .into_iter()
+                    .filter_map(|s| s.strip_prefix(prefix).map(str::to_string))
+                    .collect())
+            }
+
             async fn trip_ids(&self, after: &str, limit: i64) -> Result<Vec<String>, StoreError> {
                 Ok(sqlx::query_scalar(
                     "SELECT trip_id FROM trips WHERE trip_id > $1 ORDER BY trip_id LIMIT $2",

@@ -54,6 +54,16 @@ pub struct Submission {
     pub idempotency_key: Option<String>,
     /// The raw Stripe body, already encrypted.
     pub raw_payload: Option<Vec<u8>>,
+    /// Projections to recompute from the log in the same transaction as
+    /// this event (an operator's replay): all or nothing with it.
+    pub rebuild: Option<Rebuild>,
+}
+
+/// Bookings and trips whose projections a submission rebuilds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rebuild {
+    pub bookings: Vec<String>,
+    pub trips: Vec<String>,
 }
 
 impl Submission {
@@ -65,7 +75,13 @@ impl Submission {
             expected_version: ExpectedVersion::Any,
             idempotency_key: None,
             raw_payload: None,
+            rebuild: None,
         }
+    }
+
+    pub fn with_rebuild(mut self, rebuild: Rebuild) -> Self {
+        self.rebuild = Some(rebuild);
+        self
     }
 
     pub fn expect_version(mut self, expected: ExpectedVersion) -> Self {
@@ -284,6 +300,16 @@ pub trait EventStore: outbox::OutboxStore + Send + Sync {
 
     /// Booking ids with `id > after`, ordered, at most `limit`.
     async fn booking_ids(&self, after: &str, limit: i64) -> Result<Vec<String>, StoreError>;
+
+    /// Ids of the streams named `<prefix><id>` in the log (`booking:`,
+    /// `trip:`) with `id > after`, ordered, at most `limit`: what exists in
+    /// the log, whether or not a projection row does.
+    async fn logged_ids(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError>;
 
     /// Trip ids with `id > after`, ordered, at most `limit`.
     async fn trip_ids(&self, after: &str, limit: i64) -> Result<Vec<String>, StoreError>;

@@ -149,10 +149,17 @@ pub(crate) async fn run_batch<T: UnitTx>(
     let mut bindings = tx.bindings(&pis).await?;
 
     // 2. Bookings: the commands' own and those the intents bind to.
+    // A replay's bookings are locked too, so no concurrent append can
+    // commit between its read of the log and its write of the projection.
     let booking_ids: Vec<String> = unique(
         subs.iter()
             .filter_map(|s| s.command.booking_id())
-            .chain(bindings.values().map(String::as_str)),
+            .chain(bindings.values().map(String::as_str))
+            .chain(
+                subs.iter()
+                    .filter_map(|s| s.rebuild.as_ref())
+                    .flat_map(|r| r.bookings.iter().map(String::as_str)),
+            ),
     );
     tx.lock(&sorted(
         booking_ids
@@ -181,7 +188,12 @@ pub(crate) async fn run_batch<T: UnitTx>(
     let trip_ids: Vec<String> = unique(
         subs.iter()
             .filter_map(|s| s.command.trip_id())
-            .chain(bookings.values().map(|b| b.trip_id.as_str())),
+            .chain(bookings.values().map(|b| b.trip_id.as_str()))
+            .chain(
+                subs.iter()
+                    .filter_map(|s| s.rebuild.as_ref())
+                    .flat_map(|r| r.trips.iter().map(String::as_str)),
+            ),
     );
     tx.lock(&sorted(
         trip_ids.iter().map(|t| format!("3:trip:{t}")).collect(),
@@ -358,6 +370,14 @@ pub(crate) async fn run_batch<T: UnitTx>(
                 }
                 touched_bookings.insert(booking_id);
             }
+        }
+    }
+
+    // An operator's replay recomputes what it names, with its own event.
+    for (i, sub) in subs.iter().enumerate() {
+        if let (Job::New(_), Some(rebuild)) = (&jobs[i], &sub.rebuild) {
+            touched_bookings.extend(rebuild.bookings.iter().cloned());
+            touched_trips.extend(rebuild.trips.iter().cloned());
         }
     }
 

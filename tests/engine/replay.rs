@@ -229,7 +229,136 @@ pub async fn import_goes_through_the_idempotent_path(backend: Backend) {
     assert!(report.is_ok(), "{report:?}");
 }
 
+/// Drift a projection behind the engine's back → `verify` names it →
+/// `plan` shows exactly that booking (and the message deleted with it) →
+/// `apply` repairs it in one transaction, paused → `verify` passes →
+/// `audit` shows who and why; a stale plan is refused, a second plan is
+/// empty.
+pub async fn drift_is_planned_applied_and_audited(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store.as_ref();
+    db.accepted_booking().await;
+    db.bind("b1", "u1", "pi_1", 2000).await.unwrap();
+    db.stripe(&event(
+        "evt_s",
+        "payment_intent.succeeded",
+        1,
+        intent("pi_1", 2000),
+    ))
+    .await
+    .unwrap();
+    // A second, untouched booking on another trip.
+    db.publish("t2", "d1", 3, 500).await;
+    db.request("b2", "t2", "u2", 1).await;
+    db.raw(&[
+        "UPDATE trip_participants SET payment_status = 'unpaid', amount_refunded_cents = 7 WHERE booking_id = 'b1'",
+        "DELETE FROM outbox WHERE booking_id = 'b1' AND kind = 'payment_succeeded'",
+    ])
+    .await;
+    let mut out = Vec::new();
+    assert!(!klubz_replay::verify(store, &chain_key(), false, &mut out)
+        .await
+        .unwrap());
+    assert!(text(out).contains("DRIFT booking b1"));
+
+    let progress = indicatif::ProgressBar::hidden();
+    let plan = klubz_replay::plan::plan(store, &[], &progress)
+        .await
+        .unwrap();
+    let entities: Vec<&str> = plan.changes.iter().map(|c| c.entity.as_str()).collect();
+    assert_eq!(entities, ["booking:b1"], "{plan:?}");
+    assert_eq!(plan.bookings_checked, 2);
+    assert_eq!(plan.changes[0].before["paymentStatus"], "unpaid");
+    assert_eq!(plan.changes[0].after["paymentStatus"], "paid");
+    let missing: Vec<&str> = plan.missing.iter().map(|m| m.kind.as_str()).collect();
+    assert_eq!(missing, ["payment_succeeded"]);
+    let mut out = Vec::new();
+    klubz_replay::plan::write_plan(&plan, false, &mut out).unwrap();
+    let shown = text(out);
+    assert!(
+        shown.contains("  booking:b1: ")
+            && shown.contains("paymentStatus: \"unpaid\" → \"paid\"")
+            && shown.contains("missing message payment_succeeded:b1:"),
+        "{shown}"
+    );
+    // Narrowed to the other booking: nothing.
+    let narrow = klubz_replay::plan::plan(store, &["b2".to_string()], &progress)
+        .await
+        .unwrap();
+    assert!(
+        narrow.changes.is_empty() && narrow.missing.is_empty(),
+        "{narrow:?}"
+    );
+    // The file round-trips; an edited one is refused.
+    let file = plan.to_json();
+    let reread = klubz_replay::plan::Plan::from_json(&file).unwrap();
+    assert_eq!(reread, plan);
+    let mut edited = file.clone();
+    edited["changes"][0]["after"]["paymentStatus"] = json!("refunded");
+    assert!(klubz_replay::plan::Plan::from_json(&edited).is_err());
+
+    let mut out = Vec::new();
+    let applied = klubz_replay::plan::apply(store, &reread, &operator(), false, &mut out)
+        .await
+        .unwrap();
+    assert!(applied.paused);
+    assert!(store.side_effects_paused().await.unwrap());
+    let b = store.booking("b1").await.unwrap().unwrap();
+    assert_eq!(
+        (b.payment_status, b.amount_refunded_cents.get()),
+        (PaymentStatus::Paid, 0)
+    );
+    let keys = store.outbox_keys("b1").await.unwrap();
+    assert_eq!(
+        keys.iter()
+            .filter(|k| k.starts_with("payment_succeeded:"))
+            .count(),
+        1,
+        "{keys:?}"
+    );
+    let mut out = Vec::new();
+    assert!(
+        klubz_replay::verify(store, &chain_key(), false, &mut out)
+            .await
+            .unwrap(),
+        "{}",
+        text(out)
+    );
+
+    // The same plan again: the log moved (the replay's own record).
+    let mut out = Vec::new();
+    let refused = klubz_replay::plan::apply(store, &reread, &operator(), false, &mut out)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("run plan again"), "{refused}");
+    let again = klubz_replay::plan::plan(store, &[], &progress)
+        .await
+        .unwrap();
+    assert!(
+        again.changes.is_empty() && again.missing.is_empty(),
+        "{again:?}"
+    );
+
+    let mut out = Vec::new();
+    klubz_replay::audit(store, true, &mut out).await.unwrap();
+    let records: Value = serde_json::from_slice(&out).unwrap();
+    let replay = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "ReplayApplied")
+        .unwrap();
+    assert_eq!(replay["operator"], "alice");
+    assert_eq!(replay["detail"]["planId"], json!(plan.id));
+    assert_eq!(
+        replay["detail"]["changes"][0]["before"]["paymentStatus"],
+        "unpaid"
+    );
+}
+
 on_both_backends!(replay:
     side_effects_switch_is_audited,
     import_goes_through_the_idempotent_path,
+    drift_is_planned_applied_and_audited,
 );
