@@ -384,3 +384,129 @@ pub fn progress_bar(json_out: bool) -> indicatif::ProgressBar {
         )
     }
 }
+
+/// What `catch-up` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatchUpReport {
+    pub since: i64,
+    pub pages: usize,
+    pub import: ImportReport,
+    /// Where the next run starts (`created` of the newest event seen).
+    pub checkpoint: i64,
+}
+
+/// The checkpoint of the last completed catch-up, from its audit record.
+pub async fn catch_up_checkpoint(store: &dyn EventStore) -> anyhow::Result<Option<i64>> {
+    let events = store.read_stream(stream::OPERATOR).await?;
+    for stored in events.iter().rev() {
+        if let Event::OperatorImported(a) = stored.recorded()?.event {
+            if a.detail["command"] == "catch-up" {
+                return Ok(a.detail["checkpoint"].as_i64());
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// `catch-up`: lists events from Stripe's Events API (only those Stripe
+/// failed to deliver, unless `all`), from `since`, else from the last
+/// run's checkpoint, else from three days ago (Stripe retries deliveries
+/// for three days), and ingests them like `import`. The audit record keeps
+/// the checkpoint; a run that fails midway records none, and the next one
+/// starts again from the last (ingesting is idempotent).
+#[allow(clippy::too_many_arguments)]
+pub async fn catch_up(
+    store: &dyn EventStore,
+    cipher: &PayloadCipher,
+    livemode: bool,
+    api: &klubz_ledger::stripe::events_api::EventsApi,
+    since: Option<chrono::DateTime<Utc>>,
+    all: bool,
+    operator: &Operator,
+    now: chrono::DateTime<Utc>,
+    json_out: bool,
+    progress: &indicatif::ProgressBar,
+    out: &mut impl Write,
+) -> anyhow::Result<CatchUpReport> {
+    use klubz_ledger::stripe::events_api::{Query, RETENTION_DAYS};
+    let since = match since {
+        Some(t) => t.timestamp(),
+        None => match catch_up_checkpoint(store).await? {
+            Some(checkpoint) => checkpoint,
+            None => (now - chrono::Duration::days(3)).timestamp(),
+        },
+    };
+    let age_days = (now.timestamp() - since) / 86_400;
+    if age_days >= RETENTION_DAYS - 3 && !json_out {
+        writeln!(
+            out,
+            "warning: catching up from {age_days} days ago; Stripe keeps events {RETENTION_DAYS} days, older ones cannot be recovered"
+        )?;
+    }
+    let mut report = CatchUpReport {
+        since,
+        checkpoint: since,
+        ..CatchUpReport::default()
+    };
+    let mut starting_after: Option<String> = None;
+    loop {
+        let page = api
+            .list(&Query {
+                created_gte: since,
+                undelivered_only: !all,
+                starting_after: starting_after.clone(),
+                limit: 100,
+            })
+            .await?;
+        report.pages += 1;
+        starting_after = page
+            .events
+            .last()
+            .and_then(|e| e.get("id"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        for e in &page.events {
+            if let Some(created) = e.get("created").and_then(Value::as_i64) {
+                report.checkpoint = report.checkpoint.max(created);
+            }
+        }
+        let got = ingest_events(
+            store,
+            cipher,
+            livemode,
+            page.events.into_iter().map(Ok).collect(),
+            progress,
+        )
+        .await?;
+        let r = &mut report.import;
+        r.read += got.read;
+        r.new += got.new;
+        r.applied += got.applied;
+        r.ignored += got.ignored;
+        r.already_stored += got.already_stored;
+        r.invalid += got.invalid;
+        if !page.has_more || starting_after.is_none() {
+            break;
+        }
+    }
+    let r = &report.import;
+    report.import.audit_seq = Some(
+        record(
+            store,
+            OperatorKind::Imported,
+            operator,
+            json!({
+                "command": "catch-up", "since": since, "all": all, "pages": report.pages,
+                "read": r.read, "new": r.new, "applied": r.applied, "ignored": r.ignored,
+                "alreadyStored": r.already_stored, "invalid": r.invalid,
+                "checkpoint": report.checkpoint,
+            }),
+        )
+        .await?,
+    );
+    if !json_out {
+        write!(out, "{} pages from Stripe since {since}: ", report.pages)?;
+    }
+    write_import(&report.import, json_out, out)?;
+    Ok(report)
+}

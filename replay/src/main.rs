@@ -62,6 +62,22 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// List events from Stripe's Events API (STRIPE_SECRET_KEY,
+    /// STRIPE_API_BASE), only those Stripe failed to deliver unless --all,
+    /// and ingest them like import; goes on from the last run's checkpoint.
+    CatchUp {
+        /// RFC 3339 time to start from (default: the checkpoint, else 3 days ago).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        operator: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Pause, resume or show the delivery of side-effect messages.
     SideEffects {
         #[command(subcommand)]
@@ -137,6 +153,11 @@ async fn run(command: Cmd, config: &Config) -> anyhow::Result<bool> {
             operator: o,
             reason: r,
             ..
+        }
+        | Cmd::CatchUp {
+            operator: o,
+            reason: r,
+            ..
         } => Some(operator(o, r)?),
         Cmd::SideEffects {
             action:
@@ -205,6 +226,41 @@ async fn run(command: Cmd, config: &Config) -> anyhow::Result<bool> {
             )
             .await?;
             Ok(report.invalid == 0)
+        }
+        Cmd::CatchUp {
+            since, all, json, ..
+        } => {
+            let since = since
+                .map(|s| {
+                    chrono::DateTime::parse_from_rfc3339(&s)
+                        .map(|t| t.with_timezone(&chrono::Utc))
+                        .map_err(|e| anyhow::anyhow!("--since {s:?} is not an RFC 3339 time: {e}"))
+                })
+                .transpose()?;
+            let key = config.stripe_secret_key.as_ref().ok_or_else(|| {
+                anyhow::anyhow!("STRIPE_SECRET_KEY is not set: catch-up reads Stripe's Events API")
+            })?;
+            let api = klubz_ledger::stripe::events_api::EventsApi::new(
+                &config.stripe_api_base,
+                key.expose(),
+            )?;
+            let operator = needs.ok_or_else(|| anyhow::anyhow!("operator missing"))?;
+            let progress = klubz_replay::progress_bar(json);
+            let report = klubz_replay::catch_up(
+                store,
+                &config.encryption_key.payload_cipher(),
+                config.stripe_livemode,
+                &api,
+                since,
+                all,
+                &operator,
+                chrono::Utc::now(),
+                json,
+                &progress,
+                &mut out,
+            )
+            .await?;
+            Ok(report.import.invalid == 0)
         }
         Cmd::SideEffects { action } => {
             let (action, json) = match action {

@@ -3,6 +3,7 @@
 //! through its API (`gateway`).
 
 pub mod event;
+pub mod events_api;
 pub mod gateway;
 pub mod signature;
 

@@ -8,6 +8,8 @@ use klubz_ledger::crypto::MasterKey;
 use klubz_ledger::domain::PaymentStatus;
 use klubz_replay::{Operator, SideEffectsAction};
 use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 fn operator() -> Operator {
     Operator::new(Some("alice"), Some("incident 42: webhooks lost")).unwrap()
@@ -357,8 +359,219 @@ pub async fn drift_is_planned_applied_and_audited(backend: Backend) {
     );
 }
 
+/// A fake Stripe Events API: checks the secret key and the query, serves
+/// `events` (newest first) in pages of two from `starting_after`, keeps
+/// every query it received.
+async fn fake_events_api(events: Vec<Value>) -> (String, Arc<Mutex<Vec<HashMap<String, String>>>>) {
+    let seen: Arc<Mutex<Vec<HashMap<String, String>>>> = Arc::default();
+    let log = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/events",
+        axum::routing::get(
+            move |headers: axum::http::HeaderMap,
+                  axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>| {
+                let log = log.clone();
+                let events = events.clone();
+                async move {
+                    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+                    if auth != Some("Bearer sk_test_catch_up") {
+                        return (
+                            axum::http::StatusCode::UNAUTHORIZED,
+                            axum::Json(json!({"error": {"message": "Invalid API Key provided"}})),
+                        );
+                    }
+                    log.lock().unwrap().push(q.clone());
+                    let gte: i64 = q.get("created[gte]").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    let undelivered = q.get("delivery_success").map(String::as_str) == Some("false");
+                    let mut list: Vec<&Value> = events
+                        .iter()
+                        .filter(|e| e["created"].as_i64().unwrap() >= gte)
+                        .filter(|e| !undelivered || e["undelivered"] == json!(true))
+                        .collect();
+                    if let Some(after) = q.get("starting_after") {
+                        let at = list.iter().position(|e| e["id"] == json!(after)).unwrap();
+                        list.drain(..=at);
+                    }
+                    let has_more = list.len() > 2;
+                    let page: Vec<Value> = list.into_iter().take(2).cloned().collect();
+                    (
+                        axum::http::StatusCode::OK,
+                        axum::Json(json!({"object": "list", "data": page, "has_more": has_more, "url": "/v1/events"})),
+                    )
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, seen)
+}
+
+/// `catch-up` over several pages of a fake Events API, then again from the
+/// checkpoint; only undelivered events unless `all`.
+pub async fn catch_up_pages_through_stripe_and_resumes_from_its_checkpoint(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store.as_ref();
+    db.accepted_booking().await;
+    db.bind("b1", "u1", "pi_1", 2000).await.unwrap();
+    let undelivered = |mut e: Value| {
+        e["undelivered"] = json!(true);
+        e
+    };
+    // Newest first, as Stripe lists them.
+    let events = vec![
+        undelivered(event(
+            "evt_5",
+            "charge.refunded",
+            50,
+            charge_refunded("pi_1", 2000, 2000),
+        )),
+        undelivered(event(
+            "evt_4",
+            "charge.dispute.funds_withdrawn",
+            40,
+            json!({"id": "du_1", "payment_intent": "pi_1"}),
+        )),
+        event("evt_3", "payment_intent.created", 30, intent("pi_1", 2000)),
+        undelivered(event(
+            "evt_2",
+            "payment_intent.succeeded",
+            20,
+            intent("pi_1", 2000),
+        )),
+        undelivered(event(
+            "evt_1",
+            "payment_intent.processing",
+            10,
+            intent("pi_1", 2000),
+        )),
+    ];
+    let (base, seen) = fake_events_api(events).await;
+    let api = klubz_ledger::stripe::events_api::EventsApi::new(&base, "sk_test_catch_up").unwrap();
+    let since = t(0);
+    let now = t(60);
+    let progress = indicatif::ProgressBar::hidden();
+    let mut out = Vec::new();
+    let report = klubz_replay::catch_up(
+        store,
+        &cipher(),
+        false,
+        &api,
+        Some(since),
+        false,
+        &operator(),
+        now,
+        false,
+        &progress,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (report.pages, report.import.read, report.import.new),
+        (2, 4, 4)
+    );
+    assert_eq!(report.checkpoint, since.timestamp() + 50);
+    let b = store.booking("b1").await.unwrap().unwrap();
+    assert_eq!(
+        (b.payment_status, b.amount_refunded_cents.get()),
+        (PaymentStatus::Refunded, 2000)
+    );
+    {
+        let queries = seen.lock().unwrap();
+        assert_eq!(queries.len(), 2);
+        assert!(queries
+            .iter()
+            .all(|q| q.get("delivery_success").map(String::as_str) == Some("false")));
+        assert_eq!(
+            queries[0].get("created[gte]"),
+            Some(&since.timestamp().to_string())
+        );
+        assert_eq!(
+            queries[1].get("starting_after").map(String::as_str),
+            Some("evt_4")
+        );
+    }
+    // Again: from the checkpoint, everything there is already stored.
+    let mut out = Vec::new();
+    let again = klubz_replay::catch_up(
+        store,
+        &cipher(),
+        false,
+        &api,
+        None,
+        true,
+        &operator(),
+        now,
+        true,
+        &progress,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.since, report.checkpoint);
+    assert_eq!(
+        (
+            again.import.read,
+            again.import.new,
+            again.import.already_stored
+        ),
+        (1, 0, 1)
+    );
+    let last = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        last.get("delivery_success"),
+        None,
+        "--all lists delivered events too"
+    );
+    // A wrong key is a clear error, and records nothing.
+    let wrong = klubz_ledger::stripe::events_api::EventsApi::new(&base, "sk_test_wrong").unwrap();
+    let mut out = Vec::new();
+    let e = klubz_replay::catch_up(
+        store,
+        &cipher(),
+        false,
+        &wrong,
+        None,
+        false,
+        &operator(),
+        now,
+        false,
+        &progress,
+        &mut out,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("401") && e.contains("Invalid API Key"), "{e}");
+    assert_eq!(
+        klubz_replay::catch_up_checkpoint(store).await.unwrap(),
+        Some(again.checkpoint)
+    );
+    // Close to Stripe's retention: a warning.
+    let mut out = Vec::new();
+    klubz_replay::catch_up(
+        store,
+        &cipher(),
+        false,
+        &api,
+        Some(now - chrono::Duration::days(29)),
+        false,
+        &operator(),
+        now,
+        false,
+        &progress,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    assert!(text(out).starts_with("warning: catching up from 29 days ago"));
+}
+
 on_both_backends!(replay:
     side_effects_switch_is_audited,
     import_goes_through_the_idempotent_path,
     drift_is_planned_applied_and_audited,
+    catch_up_pages_through_stripe_and_resumes_from_its_checkpoint,
 );
