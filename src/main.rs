@@ -136,7 +136,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if dispatcher.is_none() {
         tracing::info!("NOTIFY_URL unset: side-effect messages wait in the outbox");
     }
-    let state = klubz_ledger::http::AppState::new(store, std::sync::Arc::new(config));
+    let state = klubz_ledger::http::AppState::new(store.clone(), std::sync::Arc::new(config));
     match state.gateway.as_ref().map(|g| g.name()) {
         Some("offline") => tracing::warn!(
             "OFFLINE PAYMENT GATEWAY (development): no STRIPE_SECRET_KEY, PaymentIntents are minted locally as pi_offline_… and no money moves"
@@ -152,6 +152,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(task) = dispatcher {
         let _ = task.await;
     }
+    // Commit what is queued before the process ends.
+    store.close().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -14,10 +14,27 @@ pub async fn health(State(state): State<AppState>) -> Response {
         let paused = state.store.side_effects_paused().await?;
         Ok::<_, crate::store::StoreError>((seq, paused))
     };
+    // A dead writer cannot commit anything: not healthy, whatever the
+    // database says.
+    if !state.store.writer_alive() {
+        tracing::warn!("health: the store's writer has stopped");
+        let error = ApiError::storage_unavailable();
+        let mut body = error.body();
+        body["status"] = json!("unavailable");
+        body["database"] = json!("ok");
+        body["writer"] = json!("stopped");
+        body["version"] = json!(env!("CARGO_PKG_VERSION"));
+        let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        response
+            .extensions_mut()
+            .insert(super::error::ErrorCode(error.code));
+        return response;
+    }
     match checks.await {
         Ok((seq, paused)) => Json(json!({
             "status": "ok",
             "database": "ok",
+            "writer": "ok",
             "version": env!("CARGO_PKG_VERSION"),
             "eventLogSeq": seq,
             "sideEffectsPaused": paused,

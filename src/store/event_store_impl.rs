@@ -18,6 +18,14 @@ macro_rules! impl_event_store {
                 self.writer.submit(submission).await
             }
 
+            fn writer_alive(&self) -> bool {
+                self.writer.alive()
+            }
+
+            async fn close(&self) {
+                self.writer.close().await
+            }
+
             async fn ping(&self) -> Result<(), StoreError> {
                 sqlx::query("SELECT 1").execute(&self.pool).await?;
                 Ok(())

@@ -268,6 +268,13 @@ pub trait EventStore: outbox::OutboxStore + Send + Sync {
     /// Records one command. Returns only after the transaction committed.
     async fn submit(&self, submission: Submission) -> Result<Submitted, SubmitError>;
 
+    /// Every writer task runs (false after one died, or after `close`).
+    fn writer_alive(&self) -> bool;
+
+    /// Stops taking submissions, commits what is queued and waits for the
+    /// writer tasks to end (`serve` on shutdown).
+    async fn close(&self);
+
     /// Cheap liveness check of the database.
     async fn ping(&self) -> Result<(), StoreError>;
 

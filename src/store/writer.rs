@@ -6,6 +6,7 @@
 use super::unit::JobResult;
 use super::{StoreError, Submission, SubmitError};
 use async_trait::async_trait;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
@@ -23,24 +24,86 @@ struct Job {
     reply: oneshot::Sender<JobResult>,
 }
 
-/// Where submissions go. Dropping every handle stops the writers.
+/// Where submissions go, and the writer tasks that take them. The tasks
+/// are owned here: [`Writer::close`] stops taking submissions, lets the
+/// tasks commit what is queued and waits for them; [`Writer::alive`] says
+/// whether every task still runs (a task that panicked or stopped makes the
+/// engine unhealthy: `/health` answers 503).
 #[derive(Clone)]
 pub(crate) struct Writer {
     queue: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    tasks: usize,
+    running: AtomicUsize,
+    closed: AtomicBool,
+    stop: tokio::sync::watch::Sender<bool>,
+    handles: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// Counts a task as running until it ends, however it ends (a panic too).
+struct RunningGuard(Arc<Shared>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Writer {
     /// Starts `tasks` writer tasks over one queue.
     pub fn spawn<R: BatchRunner>(runner: Arc<R>, tasks: usize) -> Self {
+        let tasks = tasks.max(1);
         let (queue, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
         let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..tasks.max(1) {
-            tokio::spawn(writer_loop(runner.clone(), rx.clone()));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let shared = Arc::new(Shared {
+            tasks,
+            running: AtomicUsize::new(tasks),
+            closed: AtomicBool::new(false),
+            stop,
+            handles: Mutex::new(Vec::new()),
+        });
+        let handles: Vec<_> = (0..tasks)
+            .map(|_| {
+                let guard = RunningGuard(shared.clone());
+                tokio::spawn(writer_loop(
+                    runner.clone(),
+                    rx.clone(),
+                    stopped.clone(),
+                    guard,
+                ))
+            })
+            .collect();
+        if let Ok(mut slot) = shared.handles.try_lock() {
+            *slot = handles;
         }
-        Self { queue }
+        Self { queue, shared }
+    }
+
+    /// Every writer task is running and the writer is not closed.
+    pub fn alive(&self) -> bool {
+        !self.shared.closed.load(Ordering::SeqCst)
+            && self.shared.running.load(Ordering::SeqCst) == self.shared.tasks
+    }
+
+    /// Stops taking submissions, commits what is queued, waits for the
+    /// tasks to end.
+    pub async fn close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        let _ = self.shared.stop.send(true);
+        let handles = std::mem::take(&mut *self.shared.handles.lock().await);
+        for h in handles {
+            let _ = h.await;
+        }
     }
 
     pub async fn submit(&self, sub: Submission) -> JobResult {
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("the writer is closed".into()).into());
+        }
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Job { sub, reply })
@@ -52,14 +115,30 @@ impl Writer {
     }
 }
 
-async fn writer_loop<R: BatchRunner>(runner: Arc<R>, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
+async fn writer_loop<R: BatchRunner>(
+    runner: Arc<R>,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    _running: RunningGuard,
+) {
     loop {
         let mut jobs = Vec::new();
         {
             let mut rx = rx.lock().await;
-            match rx.recv().await {
-                Some(job) => jobs.push(job),
-                None => return,
+            if *stop.borrow() {
+                // Closing: commit what is queued, then end.
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => return,
+                }
+            } else {
+                tokio::select! {
+                    job = rx.recv() => match job {
+                        Some(job) => jobs.push(job),
+                        None => return,
+                    },
+                    _ = stop.changed() => continue,
+                }
             }
             while jobs.len() < MAX_BATCH {
                 match rx.try_recv() {

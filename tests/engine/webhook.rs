@@ -748,6 +748,34 @@ pub async fn health_reports_the_log_position(backend: Backend) {
     assert_eq!(body["sideEffectsPaused"], false);
 }
 
+/// A store whose writer stopped cannot commit: `/health` says so (503)
+/// and a webhook gets 503, so Stripe retries.
+pub async fn a_stopped_writer_makes_health_503(backend: Backend) {
+    let app = spawn_app(backend).await;
+    bound(&app).await;
+    let (status, health) = app.get("/health").await;
+    assert_eq!(
+        (status, health["writer"].clone()),
+        (StatusCode::OK, json!("ok"))
+    );
+    app.db.store.close().await;
+    assert!(!app.db.store.writer_alive());
+    let (status, health) = app.get("/health").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{health}");
+    assert_eq!(health["writer"], "stopped");
+    assert_eq!(health["error"]["code"], "STORAGE_UNAVAILABLE");
+    let (status, answer) = app
+        .webhook(&event(
+            "evt_late",
+            "payment_intent.succeeded",
+            5,
+            intent("pi_1", 2000),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_eq!(answer["error"]["code"], "STORAGE_UNAVAILABLE");
+}
+
 on_both_backends!(webhook:
     same_event_20_times_concurrently_is_stored_once,
     two_servers_on_one_database_store_an_event_once,
@@ -761,4 +789,5 @@ on_both_backends!(webhook:
     bad_input_is_refused_and_changes_nothing,
     production_without_webhook_secret_answers_500,
     health_reports_the_log_position,
+    a_stopped_writer_makes_health_503,
 );
