@@ -105,6 +105,9 @@ pub async fn verify(
             "drift": report.drift.iter().map(|d| json!({
                 "entity": d.entity, "stored": d.stored, "folded": d.folded,
             })).collect::<Vec<_>>(),
+            "messages": report.messages.iter().map(|m| json!({
+                "key": m.key, "problem": m.problem,
+            })).collect::<Vec<_>>(),
         });
         writeln!(out, "{value}")?;
     } else {
@@ -122,6 +125,9 @@ pub async fn verify(
                 "DRIFT {}: stored {} but the log folds to {}",
                 d.entity, d.stored, d.folded
             )?;
+        }
+        for m in &report.messages {
+            writeln!(out, "MESSAGE {}: {}", m.key, m.problem)?;
         }
         if report.is_ok() {
             writeln!(out, "verify ok")?;

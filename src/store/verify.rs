@@ -1,13 +1,14 @@
-//! `verify`: the hash chains are intact and every projection equals the
-//! fold of its events (invariants 4 and 8). Written once over
+//! `verify`: the hash chains are intact, every projection equals the fold
+//! of its events and every side-effect message has its cause in the log,
+//! once (invariants 4, 8 and 9). Written once over
 //! [`EventStore`], used by `smoke`, the tests and `klubz-replay verify`.
 
 use super::chain::{BrokenLink, ChainKey, ChainWalker};
-use super::{EventStore, StoreError};
+use super::{EventStore, OutboxFilter, StoreError};
 use crate::domain::{fold_booking, fold_trip, BookingStatus};
 use crate::projection::BookingView;
 use futures::StreamExt;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// A projection that differs from the fold of its events.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,11 +26,20 @@ pub struct VerifyReport {
     pub trips: u64,
     pub broken_link: Option<BrokenLink>,
     pub drift: Vec<Drift>,
+    /// Side-effect messages without a cause in the log, or twice.
+    pub messages: Vec<MessageProblem>,
+}
+
+/// A side-effect message that no event of its booking explains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageProblem {
+    pub key: String,
+    pub problem: String,
 }
 
 impl VerifyReport {
     pub fn is_ok(&self) -> bool {
-        self.broken_link.is_none() && self.drift.is_empty()
+        self.broken_link.is_none() && self.drift.is_empty() && self.messages.is_empty()
     }
 }
 
@@ -80,6 +90,36 @@ pub async fn verify(store: &dyn EventStore, key: &ChainKey) -> Result<VerifyRepo
                     stored: format!("{stored:?}"),
                     folded: format!("{folded:?}"),
                 });
+            }
+            // Every message has its cause in the booking's log, once.
+            let seqs: HashSet<i64> = history.iter().map(|r| r.seq).collect();
+            let messages = store
+                .list_outbox(&OutboxFilter {
+                    booking_id: Some(id.clone()),
+                    limit: 1000,
+                    ..OutboxFilter::default()
+                })
+                .await?;
+            let mut causes = HashSet::new();
+            for m in &messages {
+                if !seqs.contains(&m.created_seq) {
+                    report.messages.push(MessageProblem {
+                        key: m.message_key.clone(),
+                        problem: format!(
+                            "its causing event (seq {}) is not in booking {id}'s log",
+                            m.created_seq
+                        ),
+                    });
+                }
+                if !causes.insert((m.kind.clone(), m.created_seq)) {
+                    report.messages.push(MessageProblem {
+                        key: m.message_key.clone(),
+                        problem: format!(
+                            "a second {} message for the event at seq {}",
+                            m.kind, m.created_seq
+                        ),
+                    });
+                }
             }
         }
         after = last;

@@ -569,9 +569,36 @@ pub async fn catch_up_pages_through_stripe_and_resumes_from_its_checkpoint(backe
     assert!(text(out).starts_with("warning: catching up from 29 days ago"));
 }
 
+/// A message no event explains (forged, or its cause deleted) is named.
+pub async fn verify_names_messages_without_a_cause(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    db.accepted_booking().await;
+    let mut out = Vec::new();
+    assert!(
+        klubz_replay::verify(db.store.as_ref(), &chain_key(), false, &mut out)
+            .await
+            .unwrap()
+    );
+    db.raw(&["INSERT INTO outbox (message_key, kind, booking_id, payload, created_seq, created_at) \
+              VALUES ('refund_required:b1:9999', 'refund_required', 'b1', '{}', 9999, '2030-01-01T00:00:00Z')"])
+        .await;
+    let mut out = Vec::new();
+    assert!(
+        !klubz_replay::verify(db.store.as_ref(), &chain_key(), false, &mut out)
+            .await
+            .unwrap()
+    );
+    let shown = text(out);
+    assert!(
+        shown.contains("MESSAGE refund_required:b1:9999: its causing event (seq 9999) is not in booking b1's log"),
+        "{shown}"
+    );
+}
+
 on_both_backends!(replay:
     side_effects_switch_is_audited,
     import_goes_through_the_idempotent_path,
     drift_is_planned_applied_and_audited,
     catch_up_pages_through_stripe_and_resumes_from_its_checkpoint,
+    verify_names_messages_without_a_cause,
 );
