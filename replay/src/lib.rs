@@ -195,9 +195,10 @@ pub async fn side_effects(
             (_, None) => " (unchanged: already so)".into(),
         };
         let more = if pending >= 1000 { "+" } else { "" };
+        let noun = if pending == 1 { "message" } else { "messages" };
         writeln!(
             out,
-            "side effects: {state}{what}; {pending}{more} messages pending"
+            "side effects: {state}{what}; {pending}{more} {noun} pending"
         )?;
     }
     Ok(())
@@ -511,7 +512,11 @@ pub async fn catch_up(
         .await?,
     );
     if !json_out {
-        write!(out, "{} pages from Stripe since {since}: ", report.pages)?;
+        let from = chrono::DateTime::from_timestamp(since, 0)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_else(|| since.to_string());
+        let noun = if report.pages == 1 { "page" } else { "pages" };
+        write!(out, "{} {noun} from Stripe since {from}: ", report.pages)?;
     }
     write_import(&report.import, json_out, out)?;
     Ok(report)

@@ -335,6 +335,71 @@ pub async fn two_dispatchers_on_one_database_deliver_each_message_once(backend: 
     }
 }
 
+/// A dispatcher that claimed a message and died (its lease ran out) does
+/// not lose it: another claims it and delivers; the dead one's late
+/// bookkeeping changes nothing.
+pub async fn a_message_claimed_by_a_dead_dispatcher_is_delivered_by_another(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    db.accepted_booking().await;
+    let now = chrono::Utc::now().timestamp_millis();
+    // "dead" claims it with a lease that has already run out.
+    let claimed = db
+        .store
+        .claim_outbox("dead", now, now - 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    // A live lease is respected.
+    let other = db
+        .store
+        .claim_outbox("other", now, now + 60_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(other.len(), 1, "the expired lease is taken over");
+    assert!(db
+        .store
+        .claim_outbox("third", now, now + 60_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let rx = receiver(0).await;
+    // The dead dispatcher's late attempt record does not move the message.
+    db.store
+        .finish_attempt(
+            "dead",
+            &klubz_ledger::store::OutboxAttempt {
+                message_key: claimed[0].message_key.clone(),
+                attempt: 1,
+                at_ms: now,
+                status_code: Some(200),
+                error: None,
+                duration_ms: 1,
+            },
+            klubz_ledger::store::AfterAttempt::Sent,
+        )
+        .await
+        .unwrap();
+    let pending = db
+        .store
+        .list_outbox(&OutboxFilter {
+            status: Some("pending".into()),
+            limit: 10,
+            ..OutboxFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        pending.len(),
+        1,
+        "still pending: only the lease holder settles it"
+    );
+    // Once "other"'s lease is gone too, a live dispatcher delivers it.
+    db.raw(&["UPDATE outbox SET lease_until_ms = 0"]).await;
+    let d = dispatcher(db.store.clone(), &rx.url, 3);
+    assert_eq!(drain(&d, 5).await, 1);
+    assert_eq!(rx.received.lock().unwrap().deliveries.len(), 1);
+}
+
 pub async fn the_outbox_route_is_for_admins(backend: Backend) {
     let app = spawn_app(backend).await;
     app.db.accepted_booking().await;
@@ -387,4 +452,5 @@ on_both_backends!(dispatch:
     a_failing_receiver_is_retried_then_the_message_fails,
     two_dispatchers_on_one_database_deliver_each_message_once,
     the_outbox_route_is_for_admins,
+    a_message_claimed_by_a_dead_dispatcher_is_delivered_by_another,
 );
