@@ -1,5 +1,6 @@
-//! The `EventStore` methods that read or keep small records, written once
-//! for both backends. They expand inside each backend's module and use its
+//! The store traits' methods that read or keep small records (`EventLog`,
+//! `ReadModels`, `IdempotencyKeys`, `OperatorState`), written once for both
+//! backends. They expand inside each backend's module and use its
 //! row decoders (`event_from_row`, `booking_from_row`, `trip_from_row`,
 //! `outcome_from_row`) and its time conversions (`row_time`: a stored time
 //! read back; `db_time`: a time as the backend binds it), which are the only
@@ -9,7 +10,7 @@
 macro_rules! impl_event_store {
     ($store:ty, $backend:literal, $page:expr) => {
         #[async_trait::async_trait]
-        impl $crate::store::EventStore for $store {
+        impl $crate::store::EventLog for $store {
             fn backend(&self) -> &'static str {
                 $backend
             }
@@ -72,6 +73,32 @@ macro_rules! impl_event_store {
                 Ok(rows.iter().map(event_from_row).collect::<Result<_, _>>()?)
             }
 
+            async fn logged_ids(
+                &self,
+                prefix: &str,
+                after: &str,
+                limit: i64,
+            ) -> Result<Vec<String>, StoreError> {
+                // LIKE for the prefix, the collation's order for paging:
+                // correct whatever the database's collation.
+                let streams: Vec<String> = sqlx::query_scalar(
+                    "SELECT DISTINCT stream FROM events WHERE stream LIKE $2 AND stream > $1 \
+                     ORDER BY stream LIMIT $3",
+                )
+                .bind(format!("{prefix}{after}"))
+                .bind(format!("{prefix}%"))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(streams
+                    .into_iter()
+                    .filter_map(|s| s.strip_prefix(prefix).map(str::to_string))
+                    .collect())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::ReadModels for $store {
             async fn booking(&self, booking_id: &str) -> Result<Option<BookingView>, StoreError> {
                 let row = sqlx::query("SELECT * FROM trip_participants WHERE booking_id = $1")
                     .bind(booking_id)
@@ -139,29 +166,6 @@ macro_rules! impl_event_store {
                 .await?)
             }
 
-            async fn logged_ids(
-                &self,
-                prefix: &str,
-                after: &str,
-                limit: i64,
-            ) -> Result<Vec<String>, StoreError> {
-                // LIKE for the prefix, the collation's order for paging:
-                // correct whatever the database's collation.
-                let streams: Vec<String> = sqlx::query_scalar(
-                    "SELECT DISTINCT stream FROM events WHERE stream LIKE $2 AND stream > $1 \
-                     ORDER BY stream LIMIT $3",
-                )
-                .bind(format!("{prefix}{after}"))
-                .bind(format!("{prefix}%"))
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
-                Ok(streams
-                    .into_iter()
-                    .filter_map(|s| s.strip_prefix(prefix).map(str::to_string))
-                    .collect())
-            }
-
             async fn trip_ids(&self, after: &str, limit: i64) -> Result<Vec<String>, StoreError> {
                 Ok(sqlx::query_scalar(
                     "SELECT trip_id FROM trips WHERE trip_id > $1 ORDER BY trip_id LIMIT $2",
@@ -170,22 +174,6 @@ macro_rules! impl_event_store {
                 .bind(limit)
                 .fetch_all(&self.pool)
                 .await?)
-            }
-
-            async fn outbox_keys(&self, booking_id: &str) -> Result<Vec<String>, StoreError> {
-                Ok(sqlx::query_scalar(
-                    "SELECT message_key FROM outbox WHERE booking_id = $1 ORDER BY message_key",
-                )
-                .bind(booking_id)
-                .fetch_all(&self.pool)
-                .await?)
-            }
-
-            async fn side_effects_paused(&self) -> Result<bool, StoreError> {
-                let kind: Option<String> = sqlx::query_scalar($crate::store::sql::LAST_PAUSE_OR_RESUME)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                Ok(kind.as_deref() == Some("SideEffectsPaused"))
             }
 
             async fn bookings_of_trip(&self, trip_id: &str) -> Result<Vec<BookingView>, StoreError> {
@@ -230,7 +218,10 @@ macro_rules! impl_event_store {
                 }
                 Ok(stats)
             }
+        }
 
+        #[async_trait::async_trait]
+        impl $crate::store::IdempotencyKeys for $store {
             async fn idempotency_begin(
                 &self,
                 scope: &str,
@@ -302,6 +293,16 @@ macro_rules! impl_event_store {
                     .execute(&self.pool)
                     .await?;
                 Ok(())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::OperatorState for $store {
+            async fn side_effects_paused(&self) -> Result<bool, StoreError> {
+                let kind: Option<String> = sqlx::query_scalar($crate::store::sql::LAST_PAUSE_OR_RESUME)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(kind.as_deref() == Some("SideEffectsPaused"))
             }
         }
     };

@@ -257,11 +257,23 @@ pub struct LedgerStats {
     pub outbox: Vec<(String, String, i64)>,
 }
 
-/// The storage behind the engine. `Arc<dyn EventStore>` is what HTTP, the
-/// commands and the replay tool hold; the outbox's delivery side is its own
-/// trait ([`outbox::OutboxStore`]).
+/// The storage behind the engine, one trait per job; a new capability adds
+/// methods to the trait it belongs to. `Arc<dyn EventStore>` (all of them)
+/// is what HTTP, the commands and the replay tool hold; the methods of
+/// every part are callable on it.
+pub trait EventStore:
+    EventLog + ReadModels + IdempotencyKeys + outbox::OutboxStore + OperatorState
+{
+}
+
+impl<T> EventStore for T where
+    T: EventLog + ReadModels + IdempotencyKeys + outbox::OutboxStore + OperatorState + ?Sized
+{
+}
+
+/// The append-only log: recording commands and reading events back.
 #[async_trait]
-pub trait EventStore: outbox::OutboxStore + Send + Sync {
+pub trait EventLog: Send + Sync {
     /// Which backend this is (`sqlite` | `postgres`).
     fn backend(&self) -> &'static str;
 
@@ -295,6 +307,20 @@ pub trait EventStore: outbox::OutboxStore + Send + Sync {
     /// streams of the intents bound to it.
     async fn booking_history(&self, booking_id: &str) -> Result<Vec<StoredEvent>, StoreError>;
 
+    /// Ids of the streams named `<prefix><id>` in the log (`booking:`,
+    /// `trip:`) with `id > after`, ordered, at most `limit`: what exists in
+    /// the log, whether or not a projection row does.
+    async fn logged_ids(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError>;
+}
+
+/// The projections (bookings, trips, outcomes) and counts for monitoring.
+#[async_trait]
+pub trait ReadModels: Send + Sync {
     async fn booking(&self, booking_id: &str) -> Result<Option<BookingView>, StoreError>;
 
     async fn trip(&self, trip_id: &str) -> Result<Option<TripState>, StoreError>;
@@ -308,32 +334,19 @@ pub trait EventStore: outbox::OutboxStore + Send + Sync {
     /// Booking ids with `id > after`, ordered, at most `limit`.
     async fn booking_ids(&self, after: &str, limit: i64) -> Result<Vec<String>, StoreError>;
 
-    /// Ids of the streams named `<prefix><id>` in the log (`booking:`,
-    /// `trip:`) with `id > after`, ordered, at most `limit`: what exists in
-    /// the log, whether or not a projection row does.
-    async fn logged_ids(
-        &self,
-        prefix: &str,
-        after: &str,
-        limit: i64,
-    ) -> Result<Vec<String>, StoreError>;
-
     /// Trip ids with `id > after`, ordered, at most `limit`.
     async fn trip_ids(&self, after: &str, limit: i64) -> Result<Vec<String>, StoreError>;
-
-    /// Outbox message keys for a booking (side effects produced so far).
-    async fn outbox_keys(&self, booking_id: &str) -> Result<Vec<String>, StoreError>;
-
-    /// Whether operators paused side effects: the latest pause or resume
-    /// event of the operator stream decides.
-    async fn side_effects_paused(&self) -> Result<bool, StoreError>;
 
     /// A trip's bookings, by booking id.
     async fn bookings_of_trip(&self, trip_id: &str) -> Result<Vec<BookingView>, StoreError>;
 
     /// Counts for monitoring.
     async fn stats(&self) -> Result<LedgerStats, StoreError>;
+}
 
+/// `Idempotency-Key` records of the HTTP API.
+#[async_trait]
+pub trait IdempotencyKeys: Send + Sync {
     /// Claims `key` in `scope` for a request with `fingerprint`, or reports
     /// what an earlier request with that key did.
     async fn idempotency_begin(
@@ -354,6 +367,14 @@ pub trait EventStore: outbox::OutboxStore + Send + Sync {
 
     /// Releases a key whose request failed without an answer worth keeping.
     async fn idempotency_abandon(&self, scope: &str, key: &str) -> Result<(), StoreError>;
+}
+
+/// What operators set for every engine process: the side-effects pause.
+#[async_trait]
+pub trait OperatorState: Send + Sync {
+    /// Whether operators paused side effects: the latest pause or resume
+    /// event of the operator stream decides.
+    async fn side_effects_paused(&self) -> Result<bool, StoreError>;
 }
 
 /// Opens the store named by a `DATABASE_URL`, migrating it first.

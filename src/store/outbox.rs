@@ -98,6 +98,9 @@ pub trait OutboxStore: Send + Sync {
 
     /// The attempts of the given messages, oldest first.
     async fn outbox_attempts(&self, keys: &[String]) -> Result<Vec<OutboxAttempt>, StoreError>;
+
+    /// Message keys for a booking (side effects produced so far).
+    async fn outbox_keys(&self, booking_id: &str) -> Result<Vec<String>, StoreError>;
 }
 
 /// The columns of [`OutboxMessage`].
@@ -266,6 +269,15 @@ macro_rules! outbox_for {
                     query = query.bind(k);
                 }
                 Ok(query.fetch_all(&self.pool).await?)
+            }
+
+            async fn outbox_keys(&self, booking_id: &str) -> Result<Vec<String>, StoreError> {
+                Ok(sqlx::query_scalar(
+                    "SELECT message_key FROM outbox WHERE booking_id = $1 ORDER BY message_key",
+                )
+                .bind(booking_id)
+                .fetch_all(&self.pool)
+                .await?)
             }
         }
     };
