@@ -1,10 +1,8 @@
 //! The store traits' methods that read or keep small records (`EventLog`,
 //! `ReadModels`, `IdempotencyKeys`, `OperatorState`), written once for both
-//! backends. They expand inside each backend's module and use its
-//! row decoders (`event_from_row`, `booking_from_row`, `trip_from_row`,
-//! `outcome_from_row`) and its time conversions (`row_time`: a stored time
-//! read back; `db_time`: a time as the backend binds it), which are the only
-//! differences between the dialects here.
+//! backends and stamped onto each backend's store type. Rows are read into
+//! the typed rows of [`rows`](super::rows), shared by both dialects; the
+//! only dialect difference left here is `db_time`, how a time is bound.
 
 /// `impl_event_store!(Type, "backend name", page size)`.
 macro_rules! impl_event_store {
@@ -46,7 +44,7 @@ macro_rules! impl_event_store {
                 .bind(stream)
                 .fetch_all(&self.pool)
                 .await?;
-                Ok(rows.iter().map(event_from_row).collect::<Result<_, _>>()?)
+                Ok(rows.iter().map($crate::store::rows::event).collect::<Result<_, _>>()?)
             }
 
             async fn read_after(&self, after: i64, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
@@ -57,7 +55,7 @@ macro_rules! impl_event_store {
                 .bind(limit)
                 .fetch_all(&self.pool)
                 .await?;
-                Ok(rows.iter().map(event_from_row).collect::<Result<_, _>>()?)
+                Ok(rows.iter().map($crate::store::rows::event).collect::<Result<_, _>>()?)
             }
 
             fn stream_all(&self, after: i64) -> BoxStream<'_, Result<StoredEvent, StoreError>> {
@@ -70,7 +68,7 @@ macro_rules! impl_event_store {
                     .bind(booking_id)
                     .fetch_all(&self.pool)
                     .await?;
-                Ok(rows.iter().map(event_from_row).collect::<Result<_, _>>()?)
+                Ok(rows.iter().map($crate::store::rows::event).collect::<Result<_, _>>()?)
             }
 
             async fn logged_ids(
@@ -104,7 +102,7 @@ macro_rules! impl_event_store {
                     .bind(booking_id)
                     .fetch_optional(&self.pool)
                     .await?;
-                Ok(row.as_ref().map(booking_from_row).transpose()?)
+                Ok(row.as_ref().map($crate::store::rows::booking).transpose()?)
             }
 
             async fn trip(&self, trip_id: &str) -> Result<Option<TripState>, StoreError> {
@@ -112,11 +110,11 @@ macro_rules! impl_event_store {
                     .bind(trip_id)
                     .fetch_optional(&self.pool)
                     .await?;
-                Ok(row.as_ref().map(trip_from_row).transpose()?)
+                Ok(row.as_ref().map($crate::store::rows::trip).transpose()?)
             }
 
             async fn timeline(&self, booking_id: &str) -> Result<Vec<TimelineEntry>, StoreError> {
-                let rows = sqlx::query(&format!(
+                let rows: Vec<$crate::store::rows::TimelineRow> = sqlx::query_as(&format!(
                     "SELECT h.seq, h.kind, h.source, h.stream, h.occurred_at, h.recorded_at, \
                         h.payload, o.outcome, o.reason \
                      FROM ({}) h LEFT JOIN event_outcomes o ON o.seq = h.seq ORDER BY h.seq",
@@ -127,18 +125,16 @@ macro_rules! impl_event_store {
                 .fetch_all(&self.pool)
                 .await?;
                 let mut out = Vec::with_capacity(rows.len());
-                for r in &rows {
-                    let kind: String = r.try_get("kind")?;
-                    let stripe = StripeRef::from_stored(&kind, r.try_get("payload")?)?;
+                for r in rows {
                     out.push(TimelineEntry {
-                        seq: r.try_get("seq")?,
-                        kind,
-                        source: r.try_get("source")?,
-                        stream: r.try_get("stream")?,
-                        occurred_at: row_time(r, "occurred_at")?,
-                        recorded_at: row_time(r, "recorded_at")?,
-                        outcome: outcome_from_row(r)?,
-                        stripe,
+                        stripe: StripeRef::from_stored(&r.kind, &r.payload)?,
+                        outcome: r.outcome()?,
+                        seq: r.seq,
+                        kind: r.kind,
+                        source: r.source,
+                        stream: r.stream,
+                        occurred_at: r.occurred_at.0,
+                        recorded_at: r.recorded_at.0,
                     });
                 }
                 Ok(out)
@@ -150,7 +146,7 @@ macro_rules! impl_event_store {
                     .fetch_optional(&self.pool)
                     .await?;
                 Ok(match row {
-                    Some(r) => outcome_from_row(&r)?,
+                    Some(r) => $crate::store::rows::outcome(&r)?,
                     None => None,
                 })
             }
@@ -183,7 +179,7 @@ macro_rules! impl_event_store {
                     .await?;
                 Ok(rows
                     .iter()
-                    .map(booking_from_row)
+                    .map($crate::store::rows::booking)
                     .collect::<Result<_, _>>()?)
             }
 

@@ -15,6 +15,7 @@ mod event_store_impl;
 pub mod migrations;
 pub mod outbox;
 pub mod postgres;
+mod rows;
 mod sql;
 pub mod sqlite;
 mod unit;

@@ -7,7 +7,7 @@
 
 use super::chain::ChainKey;
 use super::migrations::{migrator, Dialect};
-use super::sql::{self, booking_history_sql, prefixed_columns, EVENT_COLUMNS};
+use super::sql::{booking_history_sql, prefixed_columns, EVENT_COLUMNS};
 use super::sqlite::batch_error;
 use super::unit::{
     run_batch, BatchEnv, BatchError, ExistingKey, Histories, JobResult, NewRow, OutboxRow,
@@ -18,13 +18,12 @@ use super::{
     now, IdempotencyBegin, LedgerStats, StoreError, StoredEvent, StripeRef, Submission,
     SubmitError, Submitted, TimelineEntry,
 };
-use crate::domain::fold::OutcomeKind;
-use crate::domain::{BookingStatus, Cents, Currency, EventOutcome, PaymentStatus, TripState};
+use crate::domain::{Cents, EventOutcome, TripState};
 use crate::projection::BookingView;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -160,96 +159,9 @@ struct PgUnit {
     tx: Transaction<'static, Postgres>,
 }
 
-fn event_from_row(row: &PgRow) -> Result<StoredEvent, sqlx::Error> {
-    Ok(StoredEvent {
-        seq: row.try_get("seq")?,
-        stream: row.try_get("stream")?,
-        stream_version: row.try_get("stream_version")?,
-        kind: row.try_get("kind")?,
-        source: row.try_get("source")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        occurred_at: row.try_get("occurred_at")?,
-        recorded_at: row.try_get("recorded_at")?,
-        payload: row.try_get("payload")?,
-        raw_payload: row.try_get("raw_payload")?,
-        fingerprint: row.try_get("fingerprint")?,
-        prev_hash: row.try_get("prev_hash")?,
-        hash: row.try_get("hash")?,
-    })
-}
-
-/// A stored time read back (PostgreSQL keeps `timestamptz`).
-fn row_time(row: &PgRow, column: &str) -> Result<DateTime<Utc>, sqlx::Error> {
-    row.try_get(column)
-}
-
 /// A time as PostgreSQL binds it.
 fn db_time(t: DateTime<Utc>) -> DateTime<Utc> {
     t
-}
-
-fn decode_err(what: &str, raw: &str) -> sqlx::Error {
-    sqlx::Error::Decode(format!("unknown {what} {raw:?}").into())
-}
-
-fn trip_from_row(row: &PgRow) -> Result<TripState, sqlx::Error> {
-    let currency: String = row.try_get("currency")?;
-    Ok(TripState {
-        trip_id: row.try_get("trip_id")?,
-        driver_id: row.try_get("driver_id")?,
-        org_id: row.try_get("org_id")?,
-        title: row.try_get("title")?,
-        seats: row.try_get::<i32, _>("seats")? as u32,
-        price_per_seat_cents: sql::cents(row.try_get("price_per_seat_cents")?)?,
-        currency: Currency::parse(&currency).map_err(|_| decode_err("currency", &currency))?,
-        departure_time: row.try_get("departure_time")?,
-        cancelled: row.try_get("cancelled")?,
-        seats_accepted: row.try_get::<i32, _>("seats_accepted")? as u32,
-        version: row.try_get("version")?,
-        last_event_seq: row.try_get("last_event_seq")?,
-    })
-}
-
-fn booking_from_row(row: &PgRow) -> Result<BookingView, sqlx::Error> {
-    let status: String = row.try_get("status")?;
-    let payment_status: String = row.try_get("payment_status")?;
-    let currency: Option<String> = row.try_get("currency")?;
-    Ok(BookingView {
-        booking_id: row.try_get("booking_id")?,
-        trip_id: row.try_get("trip_id")?,
-        user_id: row.try_get("user_id")?,
-        org_id: row.try_get("org_id")?,
-        passengers: row.try_get::<i32, _>("passengers")? as u32,
-        status: BookingStatus::parse(&status).ok_or_else(|| decode_err("status", &status))?,
-        payment_status: PaymentStatus::parse(&payment_status)
-            .ok_or_else(|| decode_err("payment status", &payment_status))?,
-        payment_intent_id: row.try_get("payment_intent_id")?,
-        amount_cents: row
-            .try_get::<Option<i64>, _>("amount_cents")?
-            .map(sql::cents)
-            .transpose()?,
-        currency: match currency {
-            Some(c) => Some(Currency::parse(&c).map_err(|_| decode_err("currency", &c))?),
-            None => None,
-        },
-        amount_refunded_cents: sql::cents(row.try_get("amount_refunded_cents")?)?,
-        attempts: row.try_get::<i32, _>("attempts")? as u32,
-        version: row.try_get("version")?,
-        last_event_seq: row.try_get("last_event_seq")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-fn outcome_from_row(row: &PgRow) -> Result<Option<EventOutcome>, sqlx::Error> {
-    let outcome: Option<String> = row.try_get("outcome")?;
-    let Some(outcome) = outcome else {
-        return Ok(None);
-    };
-    Ok(Some(EventOutcome {
-        seq: row.try_get("seq")?,
-        outcome: OutcomeKind::parse(&outcome).ok_or_else(|| decode_err("outcome", &outcome))?,
-        reason: row.try_get("reason")?,
-    }))
 }
 
 #[async_trait]
@@ -315,7 +227,7 @@ impl UnitTx for PgUnit {
             .fetch_all(&mut *self.tx)
             .await?;
         rows.iter()
-            .map(|r| trip_from_row(r).map(|t| (t.trip_id.clone(), t)))
+            .map(|r| super::rows::trip(r).map(|t| (t.trip_id.clone(), t)))
             .collect()
     }
 
@@ -432,8 +344,8 @@ impl UnitTx for PgUnit {
         .await?;
         let mut out = Histories::default();
         for row in &rows {
-            let event = event_from_row(row)?;
-            if let Some(o) = outcome_from_row(row)? {
+            let event = super::rows::event(row)?;
+            if let Some(o) = super::rows::outcome(row)? {
                 out.outcomes.insert(o.seq, o);
             }
             if let Some(booking) = owner.get(&event.stream) {
@@ -450,7 +362,7 @@ impl UnitTx for PgUnit {
         .bind(crate::domain::events::stream::trip(trip_id))
         .fetch_all(&mut *self.tx)
         .await?;
-        rows.iter().map(event_from_row).collect()
+        rows.iter().map(super::rows::event).collect()
     }
 
     async fn save_bookings(&mut self, bookings: &[BookingView]) -> Result<(), sqlx::Error> {

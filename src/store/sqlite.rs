@@ -4,7 +4,7 @@
 
 use super::chain::ChainKey;
 use super::migrations::{migrator, Dialect};
-use super::sql::{self, booking_history_sql, prefixed_columns, EVENT_COLUMNS};
+use super::sql::{booking_history_sql, prefixed_columns, EVENT_COLUMNS};
 use super::unit::{
     run_batch, BatchEnv, BatchError, ExistingKey, Histories, JobResult, NewRow, OutboxRow,
     OutcomeRow, UnitTx,
@@ -14,15 +14,14 @@ use super::{
     now, IdempotencyBegin, LedgerStats, StoreError, StoredEvent, StripeRef, Submission,
     SubmitError, Submitted, TimelineEntry,
 };
-use crate::domain::fold::OutcomeKind;
-use crate::domain::{BookingStatus, Currency, EventOutcome, PaymentStatus, TripState};
+use crate::domain::{Currency, EventOutcome, TripState};
 use crate::projection::BookingView;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteSynchronous,
 };
 use sqlx::{Connection, Row, Sqlite, Transaction};
 use std::collections::HashMap;
@@ -150,102 +149,9 @@ fn json_list(items: &[String]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
 }
 
-/// A stored time read back (SQLite keeps RFC 3339 text).
-fn row_time(row: &SqliteRow, column: &str) -> Result<DateTime<Utc>, sqlx::Error> {
-    parse_time(&row.try_get::<String, _>(column)?)
-}
-
 /// A time as SQLite stores it.
 fn db_time(t: DateTime<Utc>) -> String {
     super::format_time(&t)
-}
-
-fn parse_time(raw: &str) -> Result<DateTime<Utc>, sqlx::Error> {
-    DateTime::parse_from_rfc3339(raw)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| sqlx::Error::Decode(format!("bad time {raw:?}: {e}").into()))
-}
-
-fn event_from_row(row: &SqliteRow) -> Result<StoredEvent, sqlx::Error> {
-    Ok(StoredEvent {
-        seq: row.try_get("seq")?,
-        stream: row.try_get("stream")?,
-        stream_version: row.try_get("stream_version")?,
-        kind: row.try_get("kind")?,
-        source: row.try_get("source")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        occurred_at: parse_time(&row.try_get::<String, _>("occurred_at")?)?,
-        recorded_at: parse_time(&row.try_get::<String, _>("recorded_at")?)?,
-        payload: row.try_get("payload")?,
-        raw_payload: row.try_get("raw_payload")?,
-        fingerprint: row.try_get("fingerprint")?,
-        prev_hash: row.try_get("prev_hash")?,
-        hash: row.try_get("hash")?,
-    })
-}
-
-fn decode_err(what: &str, raw: &str) -> sqlx::Error {
-    sqlx::Error::Decode(format!("unknown {what} {raw:?}").into())
-}
-
-fn trip_from_row(row: &SqliteRow) -> Result<TripState, sqlx::Error> {
-    let currency: String = row.try_get("currency")?;
-    Ok(TripState {
-        trip_id: row.try_get("trip_id")?,
-        driver_id: row.try_get("driver_id")?,
-        org_id: row.try_get("org_id")?,
-        title: row.try_get("title")?,
-        seats: row.try_get::<i64, _>("seats")? as u32,
-        price_per_seat_cents: sql::cents(row.try_get("price_per_seat_cents")?)?,
-        currency: Currency::parse(&currency).map_err(|_| decode_err("currency", &currency))?,
-        departure_time: parse_time(&row.try_get::<String, _>("departure_time")?)?,
-        cancelled: row.try_get::<bool, _>("cancelled")?,
-        seats_accepted: row.try_get::<i64, _>("seats_accepted")? as u32,
-        version: row.try_get("version")?,
-        last_event_seq: row.try_get("last_event_seq")?,
-    })
-}
-
-fn booking_from_row(row: &SqliteRow) -> Result<BookingView, sqlx::Error> {
-    let status: String = row.try_get("status")?;
-    let payment_status: String = row.try_get("payment_status")?;
-    let currency: Option<String> = row.try_get("currency")?;
-    Ok(BookingView {
-        booking_id: row.try_get("booking_id")?,
-        trip_id: row.try_get("trip_id")?,
-        user_id: row.try_get("user_id")?,
-        org_id: row.try_get("org_id")?,
-        passengers: row.try_get::<i64, _>("passengers")? as u32,
-        status: BookingStatus::parse(&status).ok_or_else(|| decode_err("status", &status))?,
-        payment_status: PaymentStatus::parse(&payment_status)
-            .ok_or_else(|| decode_err("payment status", &payment_status))?,
-        payment_intent_id: row.try_get("payment_intent_id")?,
-        amount_cents: row
-            .try_get::<Option<i64>, _>("amount_cents")?
-            .map(sql::cents)
-            .transpose()?,
-        currency: match currency {
-            Some(c) => Some(Currency::parse(&c).map_err(|_| decode_err("currency", &c))?),
-            None => None,
-        },
-        amount_refunded_cents: sql::cents(row.try_get("amount_refunded_cents")?)?,
-        attempts: row.try_get::<i64, _>("attempts")? as u32,
-        version: row.try_get("version")?,
-        last_event_seq: row.try_get("last_event_seq")?,
-        updated_at: parse_time(&row.try_get::<String, _>("updated_at")?)?,
-    })
-}
-
-fn outcome_from_row(row: &SqliteRow) -> Result<Option<EventOutcome>, sqlx::Error> {
-    let outcome: Option<String> = row.try_get("outcome")?;
-    let Some(outcome) = outcome else {
-        return Ok(None);
-    };
-    Ok(Some(EventOutcome {
-        seq: row.try_get("seq")?,
-        outcome: OutcomeKind::parse(&outcome).ok_or_else(|| decode_err("outcome", &outcome))?,
-        reason: row.try_get("reason")?,
-    }))
 }
 
 #[async_trait]
@@ -301,7 +207,7 @@ impl UnitTx for SqliteUnit<'_> {
                 .fetch_all(&mut *self.tx)
                 .await?;
         rows.iter()
-            .map(|r| trip_from_row(r).map(|t| (t.trip_id.clone(), t)))
+            .map(|r| super::rows::trip(r).map(|t| (t.trip_id.clone(), t)))
             .collect()
     }
 
@@ -404,8 +310,8 @@ impl UnitTx for SqliteUnit<'_> {
         .await?;
         let mut out = Histories::default();
         for row in &rows {
-            let event = event_from_row(row)?;
-            if let Some(o) = outcome_from_row(row)? {
+            let event = super::rows::event(row)?;
+            if let Some(o) = super::rows::outcome(row)? {
                 out.outcomes.insert(o.seq, o);
             }
             out.events
@@ -423,7 +329,7 @@ impl UnitTx for SqliteUnit<'_> {
         .bind(crate::domain::events::stream::trip(trip_id))
         .fetch_all(&mut *self.tx)
         .await?;
-        rows.iter().map(event_from_row).collect()
+        rows.iter().map(super::rows::event).collect()
     }
 
     async fn save_bookings(&mut self, bookings: &[BookingView]) -> Result<(), sqlx::Error> {
