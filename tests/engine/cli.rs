@@ -376,6 +376,79 @@ async fn two_serve_processes_on_one_postgres_database_store_an_event_once() {
     assert_eq!(n, 1);
 }
 
+/// Invariant 9 across processes: two `serve` processes with `NOTIFY_URL`
+/// on one PostgreSQL database deliver every side-effect message once, in
+/// order per booking, signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_serve_processes_deliver_each_message_once() {
+    let url = crate::helpers::create_pg_database().await;
+    let rx = crate::dispatch::receiver(0).await;
+    let key = "2e".repeat(32);
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("STRIPE_WEBHOOK_SECRET", CLI_SECRET),
+        ("ENCRYPTION_KEY", key.as_str()),
+        ("JWT_SECRET", "cli-test-jwt-secret-0123456789abcdef"),
+        ("NOTIFY_URL", rx.url.as_str()),
+        ("NOTIFY_SECRET", crate::dispatch::NOTIFY_SECRET),
+    ];
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start_server(d1.path(), &env).await;
+    let b = start_server(d2.path(), &env).await;
+    // Writes from a third engine on the same database: 15 bookings
+    // accepted then cancelled, 30 messages.
+    let master = klubz_ledger::crypto::MasterKey::parse_hex(&key).unwrap();
+    let store = klubz_ledger::store::open(&url, master.chain_key())
+        .await
+        .unwrap();
+    let db = crate::helpers::TestDb::on(store, &url);
+    for n in 0..15 {
+        let (trip, booking) = (format!("t{n}"), format!("b{n}"));
+        db.publish(&trip, "d1", 4, 1000).await;
+        db.request(&booking, &trip, &format!("u{n}"), 1).await;
+        db.accept(&booking, "d1").await.unwrap();
+        db.submit(klubz_ledger::domain::Command::CancelBooking {
+            booking_id: booking,
+            actor: "d1".into(),
+        })
+        .await
+        .unwrap();
+    }
+    rx.wait_for(30, std::time::Duration::from_secs(30)).await;
+    let lines_a = a.stop().await;
+    let lines_b = b.stop().await;
+    let r = rx.received.lock().unwrap();
+    let mut ids: Vec<&String> = r.deliveries.iter().map(|(id, _)| id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        (r.deliveries.len(), ids.len()),
+        (30, 30),
+        "each message once"
+    );
+    assert_eq!(r.bad_signatures, 0);
+    for n in 0..15 {
+        let kinds: Vec<&str> = r
+            .deliveries
+            .iter()
+            .filter(|(_, body)| body["bookingId"] == serde_json::json!(format!("b{n}")))
+            .map(|(_, body)| body["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["booking_accepted", "booking_cancelled"], "b{n}");
+    }
+    for lines in [lines_a, lines_b] {
+        assert!(lines
+            .iter()
+            .any(|l| l.contains("outbox dispatcher started")));
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.contains(crate::dispatch::NOTIFY_SECRET)),
+            "the notify secret is never logged"
+        );
+    }
+}
+
 /// Invariant 1: `kill -9` of a serving process under traffic loses no
 /// acknowledged event, and what is stored verifies.
 async fn kill_9_loses_no_acknowledged_event(database_url: Option<String>) {

@@ -21,31 +21,52 @@ use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const NOTIFY_SECRET: &str = "test-notify-secret-0123456789abcdef0123";
+pub const NOTIFY_SECRET: &str = "test-notify-secret-0123456789abcdef0123";
 
 /// What the receiver got: (message id, body), in arrival order.
 #[derive(Default)]
-struct Received {
-    deliveries: Vec<(String, Value)>,
+pub struct Received {
+    pub deliveries: Vec<(String, Value)>,
     /// Attempts per message id so far.
     attempts: std::collections::HashMap<String, u32>,
-    bad_signatures: u32,
+    pub bad_signatures: u32,
 }
 
 /// A local HTTP receiver: answers 500 to the first `fail_first` attempts of
 /// each message, 200 after; checks `Klubz-Signature` on every request.
-struct Receiver {
-    url: String,
-    received: Arc<Mutex<Received>>,
+pub struct Receiver {
+    pub url: String,
+    pub received: Arc<Mutex<Received>>,
+    arrived: Arc<tokio::sync::Notify>,
 }
 
-async fn receiver(fail_first: u32) -> Receiver {
+impl Receiver {
+    /// Waits until `n` deliveries arrived (or `limit` passed: the caller's
+    /// assertion then fails with what did arrive).
+    pub async fn wait_for(&self, n: usize, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.arrived.notified();
+            if self.received.lock().unwrap().deliveries.len() >= n {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+pub async fn receiver(fail_first: u32) -> Receiver {
     let received = Arc::new(Mutex::new(Received::default()));
+    let arrived = Arc::new(tokio::sync::Notify::new());
     let shared = received.clone();
+    let bell = arrived.clone();
     let app = axum::Router::new().route(
         "/hook",
         axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
             let shared = shared.clone();
+            let bell = bell.clone();
             async move {
                 let id = headers
                     .get("klubz-message-id")
@@ -73,6 +94,7 @@ async fn receiver(fail_first: u32) -> Receiver {
                 }
                 let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 r.deliveries.push((id, value));
+                bell.notify_waiters();
                 StatusCode::OK
             }
         }),
@@ -80,7 +102,11 @@ async fn receiver(fail_first: u32) -> Receiver {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    Receiver { url, received }
+    Receiver {
+        url,
+        received,
+        arrived,
+    }
 }
 
 fn dispatcher(store: Arc<dyn EventStore>, url: &str, attempts: usize) -> Dispatcher {

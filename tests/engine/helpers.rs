@@ -55,6 +55,17 @@ impl TestDb {
         }
     }
 
+    /// A PostgreSQL store opened elsewhere (another key, another process's
+    /// view), with the helpers.
+    pub fn on(store: Arc<dyn EventStore>, url: &str) -> TestDb {
+        Self {
+            backend: Backend::Postgres,
+            url: url.to_string(),
+            store,
+            _dir: None,
+        }
+    }
+
     /// Another handle on the same database with its own store: a second
     /// engine process, as far as the database can tell.
     pub async fn share(&self) -> TestDb {
