@@ -171,6 +171,11 @@ fn booking_json(b: &BookingView) -> Value {
 
 fn trip_json(t: &TripState) -> Value {
     json!({
+        "title": t.title,
+        "driverId": t.driver_id,
+        "pricePerSeatCents": t.price_per_seat_cents,
+        "currency": t.currency.as_str(),
+        "departureTime": t.departure_time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         "cancelled": t.cancelled,
         "seats": t.seats,
         "seatsAccepted": t.seats_accepted,

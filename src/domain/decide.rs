@@ -15,7 +15,7 @@ use super::payment::StripeFact;
 use super::status::{BookingStatus, PaymentStatus};
 use super::table::accepts_new_intent;
 use super::trip::TripState;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 
 /// Longest accepted title, in characters.
@@ -276,7 +276,9 @@ fn publish_trip(c: &PublishTrip) -> Result<Event, DomainError> {
         seats: c.seats,
         price_per_seat_cents,
         currency: c.currency.clone(),
-        departure_time: c.departure_time,
+        // Stored times keep microseconds: what is decided is what is stored,
+        // so the fold of the log equals the projection (verify).
+        departure_time: c.departure_time.trunc_subsecs(6),
     }))
 }
 
