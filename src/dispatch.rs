@@ -259,15 +259,12 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-/// Starts the dispatcher of `config` when `NOTIFY_URL` is set.
-pub fn spawn(
-    store: Arc<dyn EventStore>,
-    config: &Config,
-    shutdown: watch::Receiver<bool>,
-) -> Option<tokio::task::JoinHandle<()>> {
+/// The dispatcher of `config` when `NOTIFY_URL` is set, for the
+/// supervisor to run.
+pub fn for_config(store: Arc<dyn EventStore>, config: &Config) -> Option<Dispatcher> {
     let dispatch = DispatchConfig::from_config(config)?;
     match Dispatcher::new(store, dispatch) {
-        Ok(d) => Some(tokio::spawn(d.run(shutdown))),
+        Ok(d) => Some(d),
         Err(e) => {
             tracing::error!(error = %e, "outbox dispatcher cannot start");
             None

@@ -17,6 +17,8 @@
 //!   the same transaction, migrations, `verify`. The only module with SQL.
 //! - [`dispatch`]: the outbox dispatcher, delivering side-effect messages
 //!   to `NOTIFY_URL` with signatures, leases and a retry schedule.
+//! - [`supervisor`]: the background tasks of a process and its one
+//!   shutdown path.
 //! - [`config`]: configuration from the environment; secrets redacted.
 //! - [`telemetry`]: log setup.
 //! - [`smoke`]: the `smoke` command's end-to-end scenario.
@@ -36,4 +38,5 @@ pub mod projection;
 pub mod smoke;
 pub mod store;
 pub mod stripe;
+pub mod supervisor;
 pub mod telemetry;

@@ -130,11 +130,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "klubz-ledger listening"
     );
     // Background work stops when the server does: the dispatcher finishes
-    // the delivery in hand (its attempt is recorded) and exits.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let dispatcher = klubz_ledger::dispatch::spawn(store.clone(), &config, stopped);
-    if dispatcher.is_none() {
-        tracing::info!("NOTIFY_URL unset: side-effect messages wait in the outbox");
+    // the delivery in hand (its attempt is recorded), then the writers
+    // commit what is queued.
+    let mut supervisor = klubz_ledger::supervisor::Supervisor::new();
+    match klubz_ledger::dispatch::for_config(store.clone(), &config) {
+        Some(dispatcher) => {
+            let signal = supervisor.shutdown_signal();
+            supervisor.spawn("outbox dispatcher", dispatcher.run(signal));
+        }
+        None => tracing::info!("NOTIFY_URL unset: side-effect messages wait in the outbox"),
     }
     let state = klubz_ledger::http::AppState::new(store.clone(), std::sync::Arc::new(config));
     match state.gateway.as_ref().map(|g| g.name()) {
@@ -148,12 +152,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Some(_) => {}
     }
     klubz_ledger::http::serve(listener, state, shutdown_signal()).await?;
-    let _ = stop.send(true);
-    if let Some(task) = dispatcher {
-        let _ = task.await;
-    }
-    // Commit what is queued before the process ends.
-    store.close().await;
+    supervisor.shutdown(store.as_ref()).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -91,7 +91,13 @@ pub async fn verify(
     json_out: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<bool> {
-    let report = verify_ledger(store, key).await?;
+    // The walk over a large log takes a while: say so on a terminal.
+    let spinner = progress_bar(json_out);
+    spinner.set_message("verifying hash chains and projections");
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    let report = verify_ledger(store, key).await;
+    spinner.finish_and_clear();
+    let report = report?;
     if json_out {
         let value = json!({
             "ok": report.is_ok(),

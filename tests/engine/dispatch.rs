@@ -426,6 +426,23 @@ pub async fn a_message_claimed_by_a_dead_dispatcher_is_delivered_by_another(back
     assert_eq!(rx.received.lock().unwrap().deliveries.len(), 1);
 }
 
+/// `serve`'s shutdown path: the supervisor stops the dispatcher it runs,
+/// waits for it, then closes the store (its writers commit what is queued).
+pub async fn the_supervisor_stops_its_tasks_then_closes_the_store(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let rx = receiver(0).await;
+    let mut supervisor = klubz_ledger::supervisor::Supervisor::new();
+    let d = dispatcher(db.store.clone(), &rx.url, 3);
+    let signal = supervisor.shutdown_signal();
+    supervisor.spawn("outbox dispatcher", d.run(signal));
+    assert_eq!(supervisor.running(), ["outbox dispatcher"]);
+    db.accepted_booking().await;
+    rx.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(rx.received.lock().unwrap().deliveries.len(), 1);
+    supervisor.shutdown(db.store.as_ref()).await;
+    assert!(!db.store.writer_alive());
+}
+
 pub async fn the_outbox_route_is_for_admins(backend: Backend) {
     let app = spawn_app(backend).await;
     app.db.accepted_booking().await;
@@ -479,4 +496,5 @@ on_both_backends!(dispatch:
     two_dispatchers_on_one_database_deliver_each_message_once,
     the_outbox_route_is_for_admins,
     a_message_claimed_by_a_dead_dispatcher_is_delivered_by_another,
+    the_supervisor_stops_its_tasks_then_closes_the_store,
 );
