@@ -448,6 +448,26 @@ pub async fn payment_events_without_amount_or_currency_are_not_applied(backend: 
             )
         );
     }
+    // Amounts that are not integer minor units, and currencies that are not
+    // ISO codes, are no amount and no currency.
+    let odd: [(&str, Value, Value); 5] = [
+        ("string", json!("2000"), json!("zar")),
+        ("float", json!(2000.0), json!("zar")),
+        ("huge", json!(1e30), json!("zar")),
+        ("negative", json!(-2000), json!("zar")),
+        ("currency", json!(2000), json!("ZZZZ")),
+    ];
+    for (name, amount, currency) in odd {
+        let mut body = pi_event(&ids, &format!("s_{name}"), "payment_intent.succeeded", 1, 1);
+        body["data"]["object"]["amount"] = amount;
+        body["data"]["object"]["currency"] = currency;
+        let (status, answer) = app.webhook(&rebind(&body, &booking)).await;
+        assert_eq!(
+            (status, answer["reason"].clone()),
+            (StatusCode::OK, json!("amount_mismatch")),
+            "{name}: {answer}"
+        );
+    }
     let b = app.db.store.booking(&booking).await.unwrap().unwrap();
     assert_eq!(b.payment_status, PaymentStatus::Pending);
     // Paid properly, then a refund in another currency moves nothing.
