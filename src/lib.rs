@@ -22,6 +22,7 @@
 //! - [`config`]: configuration from the environment; secrets redacted.
 //! - [`telemetry`]: log setup.
 //! - [`smoke`]: the `smoke` command's end-to-end scenario.
+//! - [`loadgen`]: the load generator, which checks what it measured.
 //!
 //! Errors: the store and domain use `thiserror` enums whose variants say how
 //! to handle them (a domain refusal changes nothing; a storage error means
@@ -34,6 +35,7 @@ pub mod dispatch;
 pub mod domain;
 pub mod http;
 pub mod ingest;
+pub mod loadgen;
 pub mod projection;
 pub mod smoke;
 pub mod store;

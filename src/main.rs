@@ -57,6 +57,29 @@ enum Cmd {
     /// Run one booking from publication to full refund on a fresh temporary
     /// database of the configured kind, verify, and print `smoke ok`.
     Smoke,
+    /// Load a running engine: create bookings through the API, send signed
+    /// webhooks bound to them, report acknowledged events/s and latency,
+    /// then read every booking back; exit 1 if any differs from its events.
+    Loadgen {
+        /// The engine's base URL.
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 1000)]
+        bookings: usize,
+        /// Webhooks in all (at most 5 per booking).
+        #[arg(long, default_value_t = 3000)]
+        events: usize,
+        /// Keep-alive connections.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Percent of the events sent twice.
+        #[arg(long, default_value_t = 0)]
+        duplicates: u8,
+        #[arg(long)]
+        shuffle: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main]
@@ -97,6 +120,37 @@ async fn main() -> ExitCode {
         Cmd::Migrate => migrate(&config).await,
         Cmd::CheckMigrations { dir } => check_migrations(&config, &dir).await,
         Cmd::Smoke => smoke(&config).await,
+        Cmd::Loadgen {
+            url,
+            bookings,
+            events,
+            concurrency,
+            duplicates,
+            shuffle,
+            json,
+        } => {
+            loadgen(
+                &config,
+                klubz_ledger::loadgen::Options {
+                    url,
+                    bookings,
+                    events,
+                    concurrency,
+                    duplicates,
+                    shuffle,
+                    jwt_secret: config.jwt_secret.expose().to_string(),
+                    webhook_secret: config
+                        .webhook_secrets
+                        .first()
+                        .map(|s| s.expose().to_string())
+                        .unwrap_or_default(),
+                    seed: rand::random::<u32>().into(),
+                    drop_event: None,
+                },
+                json,
+            )
+            .await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -155,6 +209,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     supervisor.shutdown(store.as_ref()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn loadgen(
+    _config: &Config,
+    options: klubz_ledger::loadgen::Options,
+    json: bool,
+) -> anyhow::Result<()> {
+    let report = klubz_ledger::loadgen::run(options)
+        .await
+        .map_err(|e| anyhow::anyhow!("loadgen: {e}"))?;
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.render());
+    }
+    if report.ok() {
+        Ok(())
+    } else {
+        anyhow::bail!("loadgen: the engine's state does not match the events it acknowledged")
+    }
 }
 
 /// Ctrl-C or SIGTERM: stop accepting, finish requests in flight.

@@ -34,6 +34,7 @@ mod app;
 mod cli;
 mod dispatch;
 mod helpers;
+mod loadgen;
 mod money;
 mod replay;
 mod store;
