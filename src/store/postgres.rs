@@ -7,7 +7,7 @@
 
 use super::chain::ChainKey;
 use super::migrations::{migrator, Dialect};
-use super::sql::{booking_history_sql, prefixed_columns, EVENT_COLUMNS};
+use super::sql::{booking_history_sql, EVENT_COLUMNS};
 use super::sqlite::batch_error;
 use super::unit::{
     run_batch, BatchEnv, BatchError, ExistingKey, Histories, JobResult, NewRow, OutboxRow,
@@ -332,24 +332,24 @@ impl UnitTx for PgUnit {
             );
         }
         let streams: Vec<&String> = owner.keys().collect();
-        let rows = sqlx::query(&format!(
-            "SELECT {}, o.outcome, o.reason FROM events e \
+        let rows: Vec<super::rows::FoldRow> = sqlx::query_as(
+            "SELECT e.seq, e.stream, e.kind, e.recorded_at, e.payload, o.outcome, o.reason \
+             FROM events e \
              LEFT JOIN LATERAL (SELECT outcome, reason FROM event_outcomes \
                 WHERE event_outcomes.seq = e.seq) o ON true \
              WHERE e.stream = ANY($1) ORDER BY e.seq",
-            prefixed_columns("e")
-        ))
+        )
         .bind(streams)
         .fetch_all(&mut *self.tx)
         .await?;
         let mut out = Histories::default();
-        for row in &rows {
-            let event = super::rows::event(row)?;
-            if let Some(o) = super::rows::outcome(row)? {
+        for row in rows {
+            if let Some(o) = super::rows::outcome_of(row.seq, row.outcome, row.reason)? {
                 out.outcomes.insert(o.seq, o);
             }
-            if let Some(booking) = owner.get(&event.stream) {
-                out.events.entry(booking.clone()).or_default().push(event);
+            if let Some(booking) = owner.get(&row.stream) {
+                let r = super::rows::recorded(row.seq, row.recorded_at.0, &row.kind, &row.payload)?;
+                out.events.entry(booking.clone()).or_default().push(r);
             }
         }
         Ok(out)

@@ -101,6 +101,48 @@ impl TryFrom<EventRow> for StoredEvent {
     }
 }
 
+/// What the fold reads of an event, with its stored outcome.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct FoldRow {
+    pub seq: i64,
+    pub stream: String,
+    pub kind: String,
+    pub recorded_at: StoredTime,
+    pub payload: String,
+    pub outcome: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// Decodes a stored event for the fold.
+pub(crate) fn recorded(
+    seq: i64,
+    recorded_at: DateTime<Utc>,
+    kind: &str,
+    payload: &str,
+) -> Result<crate::domain::Recorded, sqlx::Error> {
+    let event = crate::domain::Event::from_parts(kind, payload)
+        .map_err(|e| sqlx::Error::Decode(format!("seq {seq}: {e}").into()))?;
+    Ok(crate::domain::Recorded {
+        seq,
+        recorded_at,
+        event,
+    })
+}
+
+/// Builds an outcome from its stored columns.
+pub(crate) fn outcome_of(
+    seq: i64,
+    outcome: Option<String>,
+    reason: Option<String>,
+) -> Result<Option<EventOutcome>, sqlx::Error> {
+    OutcomeRow {
+        seq,
+        outcome,
+        reason,
+    }
+    .into_outcome()
+}
+
 /// A `trips` row.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct TripRow {

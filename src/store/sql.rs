@@ -10,15 +10,6 @@ pub(crate) fn cents(raw: i64) -> Result<crate::domain::Cents, sqlx::Error> {
 pub(crate) const EVENT_COLUMNS: &str = "seq, stream, stream_version, kind, source, \
     idempotency_key, occurred_at, recorded_at, payload, raw_payload, fingerprint, prev_hash, hash";
 
-/// The event columns qualified with a table alias.
-pub(crate) fn prefixed_columns(alias: &str) -> String {
-    EVENT_COLUMNS
-        .split(", ")
-        .map(|c| format!("{alias}.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// A booking's history: its own stream and the payment streams of the
 /// intents bound to it. `$1` = `booking:<id>`, `$2` = the booking id.
 pub(crate) fn booking_history_sql() -> String {

@@ -4,7 +4,7 @@
 
 use super::chain::ChainKey;
 use super::migrations::{migrator, Dialect};
-use super::sql::{booking_history_sql, prefixed_columns, EVENT_COLUMNS};
+use super::sql::{booking_history_sql, EVENT_COLUMNS};
 use super::unit::{
     run_batch, BatchEnv, BatchError, ExistingKey, Histories, JobResult, NewRow, OutboxRow,
     OutcomeRow, UnitTx,
@@ -293,31 +293,42 @@ impl UnitTx for SqliteUnit<'_> {
     }
 
     async fn booking_histories(&mut self, ids: &[String]) -> Result<Histories, sqlx::Error> {
-        let rows = sqlx::query(&format!(
+        // One row for the whole batch (a JSON array): sqlx hands rows over
+        // from its SQLite thread one by one, so hundreds of history rows
+        // per batch cost hundreds of thread wake-ups.
+        let all: Option<String> = sqlx::query_scalar(
             "WITH wanted(booking_id) AS (SELECT value FROM json_each($1)), \
              streams(owner, stream) AS ( \
                 SELECT booking_id, 'booking:' || booking_id FROM wanted \
                 UNION ALL \
                 SELECT pb.booking_id, 'payment:' || pb.payment_intent_id \
                 FROM payment_bindings pb JOIN wanted w ON w.booking_id = pb.booking_id) \
-             SELECT s.owner, {}, o.outcome, o.reason \
+             SELECT json_group_array(json_array(s.owner, e.seq, e.kind, e.recorded_at, \
+                e.payload, o.outcome, o.reason)) \
              FROM streams s JOIN events e ON e.stream = s.stream \
-             LEFT JOIN event_outcomes o ON o.seq = e.seq ORDER BY e.seq",
-            prefixed_columns("e")
-        ))
+             LEFT JOIN event_outcomes o ON o.seq = e.seq",
+        )
         .bind(json_list(ids))
-        .fetch_all(&mut *self.tx)
+        .fetch_one(&mut *self.tx)
         .await?;
+        type Item = (String, i64, String, String, String, Option<String>, Option<String>);
+        let items: Vec<Item> = serde_json::from_str(all.as_deref().unwrap_or("[]"))
+            .map_err(|e| sqlx::Error::Decode(format!("booking histories: {e}").into()))?;
         let mut out = Histories::default();
-        for row in &rows {
-            let event = super::rows::event(row)?;
-            if let Some(o) = super::rows::outcome(row)? {
+        for (owner, seq, kind, recorded_at, payload, outcome, reason) in items {
+            let at = chrono::DateTime::parse_from_rfc3339(&recorded_at)
+                .map_err(|e| sqlx::Error::Decode(format!("bad time {recorded_at:?}: {e}").into()))?
+                .with_timezone(&chrono::Utc);
+            if let Some(o) = super::rows::outcome_of(seq, outcome, reason)? {
                 out.outcomes.insert(o.seq, o);
             }
             out.events
-                .entry(row.try_get("owner")?)
+                .entry(owner)
                 .or_default()
-                .push(event);
+                .push(super::rows::recorded(seq, at, &kind, &payload)?);
+        }
+        for list in out.events.values_mut() {
+            list.sort_by_key(|r| r.seq);
         }
         Ok(out)
     }

@@ -61,8 +61,10 @@ pub(crate) type OutcomeRow = (Option<String>, EventOutcome);
 /// The histories of several bookings, read in one statement.
 #[derive(Debug, Default)]
 pub(crate) struct Histories {
-    /// booking id → its events (own stream and bound intents' streams), by seq.
-    pub events: HashMap<String, Vec<StoredEvent>>,
+    /// booking id → its events (own stream and bound intents' streams),
+    /// decoded, by seq. Only what the fold reads is loaded (never the raw
+    /// payload or the chain fields).
+    pub events: HashMap<String, Vec<Recorded>>,
     /// The outcomes stored so far for those events, by seq.
     pub outcomes: HashMap<i64, EventOutcome>,
 }
@@ -176,7 +178,7 @@ pub(crate) async fn run_batch<T: UnitTx>(
     if !deciding.is_empty() {
         let loaded = tx.booking_histories(&deciding).await?;
         for id in &deciding {
-            let history = decode_all(loaded.events.get(id).map_or(&[], Vec::as_slice))?;
+            let history = loaded.events.get(id).cloned().unwrap_or_default();
             if let Some(state) = fold_booking(id, &history).state {
                 bookings.insert(id.clone(), state);
             }
@@ -472,12 +474,12 @@ pub(crate) fn project_bookings(
 ) -> Result<Projection, BatchError> {
     let mut out = Projection::default();
     for booking_id in ids {
-        let history = decode_all(loaded.events.get(booking_id).map_or(&[], Vec::as_slice))?;
+        let history = loaded.events.get(booking_id).map_or(&[][..], Vec::as_slice);
         let BookingFold {
             state,
             outcomes: folded,
             effects,
-        } = fold_booking(booking_id, &history);
+        } = fold_booking(booking_id, history);
         let Some(state) = state else { continue };
         out.bookings.push(BookingView::from(&state));
         for effect in &effects {
