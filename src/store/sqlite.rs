@@ -311,7 +311,15 @@ impl UnitTx for SqliteUnit<'_> {
         .bind(json_list(ids))
         .fetch_one(&mut *self.tx)
         .await?;
-        type Item = (String, i64, String, String, String, Option<String>, Option<String>);
+        type Item = (
+            String,
+            i64,
+            String,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+        );
         let items: Vec<Item> = serde_json::from_str(all.as_deref().unwrap_or("[]"))
             .map_err(|e| sqlx::Error::Decode(format!("booking histories: {e}").into()))?;
         let mut out = Histories::default();

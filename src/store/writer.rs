@@ -13,6 +13,11 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 /// Most submissions committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 512;
 
+/// Most submissions waiting for a writer. Beyond it a submission is refused
+/// at once (the caller answers 503, Stripe retries) instead of queueing
+/// without bound.
+pub(crate) const MAX_QUEUED: usize = MAX_BATCH * 8;
+
 /// A backend's way of committing one batch atomically.
 #[async_trait]
 pub(crate) trait BatchRunner: Send + Sync + 'static {
@@ -55,8 +60,12 @@ impl Drop for RunningGuard {
 impl Writer {
     /// Starts `tasks` writer tasks over one queue.
     pub fn spawn<R: BatchRunner>(runner: Arc<R>, tasks: usize) -> Self {
+        Self::spawn_with_capacity(runner, tasks, MAX_QUEUED)
+    }
+
+    fn spawn_with_capacity<R: BatchRunner>(runner: Arc<R>, tasks: usize, capacity: usize) -> Self {
         let tasks = tasks.max(1);
-        let (queue, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
+        let (queue, rx) = mpsc::channel::<Job>(capacity.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let shared = Arc::new(Shared {
@@ -106,9 +115,15 @@ impl Writer {
         }
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Job { sub, reply })
-            .await
-            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+            .try_send(Job { sub, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    StoreError::Unavailable("the writer's queue is full; retry later".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    StoreError::Unavailable("the writer has stopped".into())
+                }
+            })?;
         answer.await.map_err(|_| {
             SubmitError::Store(StoreError::Unavailable("the writer has stopped".into()))
         })?
@@ -175,6 +190,71 @@ async fn writer_loop<R: BatchRunner>(
                         .send(Err(StoreError::Unavailable(e.to_string()).into()));
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::decide::RequestBooking;
+    use crate::domain::{Command, Source};
+
+    /// Commits nothing until told to: lets a test fill the queue.
+    struct Held(tokio::sync::Semaphore);
+
+    #[async_trait]
+    impl BatchRunner for Held {
+        async fn run(&self, subs: &[Submission]) -> Result<Vec<JobResult>, StoreError> {
+            let _permit = self.0.acquire().await;
+            Err(StoreError::Unavailable(format!(
+                "held batch of {}",
+                subs.len()
+            )))
+        }
+    }
+
+    fn sub(n: usize) -> Submission {
+        Submission::new(
+            Command::RequestBooking(RequestBooking {
+                booking_id: format!("b{n}"),
+                trip_id: "t".into(),
+                user_id: "u".into(),
+                passengers: 1,
+            }),
+            Source::Api,
+            chrono::Utc::now(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once_instead_of_growing() {
+        let runner = Arc::new(Held(tokio::sync::Semaphore::new(0)));
+        let writer = Writer::spawn_with_capacity(runner.clone(), 1, 2);
+        // The writer takes one job and holds it; two more fill the queue.
+        let mut waiting = Vec::new();
+        for n in 0..3 {
+            let w = writer.clone();
+            waiting.push(tokio::spawn(async move { w.submit(sub(n)).await }));
+            tokio::task::yield_now().await;
+        }
+        // Wait until the queue is full (the writer holds one, two queued).
+        while writer.queue.capacity() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let refused = writer.submit(sub(9)).await;
+        assert!(
+            matches!(&refused, Err(SubmitError::Store(StoreError::Unavailable(m))) if m.contains("queue is full")),
+            "{refused:?}"
+        );
+        runner.0.add_permits(100);
+        for w in waiting {
+            let answered = w.await.map(|r| r.is_err());
+            assert_eq!(
+                answered.ok(),
+                Some(true),
+                "held batches answer, they do not hang"
+            );
         }
     }
 }
