@@ -88,7 +88,12 @@ impl PgStore {
     }
 
     async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
-        let opts = PgConnectOptions::from_str(url)?;
+        // Custom plans for every statement: a generic plan chosen while a
+        // table was small (a sequential scan) stays cached for the
+        // connection's life and makes every step's cost grow with the log.
+        // No JIT: compiling a plan costs more than these short statements.
+        let opts = PgConnectOptions::from_str(url)?
+            .options([("plan_cache_mode", "force_custom_plan"), ("jit", "off")]);
         Ok(PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
@@ -236,8 +241,11 @@ impl UnitTx for PgUnit {
         streams: &[String],
     ) -> Result<HashMap<String, (i64, String)>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT DISTINCT ON (stream) stream, stream_version, hash FROM events \
-             WHERE stream = ANY($1) ORDER BY stream, stream_version DESC",
+            // The head of each stream straight from the (stream,
+            // stream_version) index, not a sort of every event of the streams.
+            "SELECT s.stream, h.stream_version, h.hash FROM unnest($1::text[]) AS s(stream) \
+             CROSS JOIN LATERAL (SELECT stream_version, hash FROM events \
+                WHERE events.stream = s.stream ORDER BY stream_version DESC LIMIT 1) h",
         )
         .bind(streams)
         .fetch_all(&mut *self.tx)
@@ -332,12 +340,17 @@ impl UnitTx for PgUnit {
             );
         }
         let streams: Vec<&String> = owner.keys().collect();
+        // One index range per stream (unnest + LATERAL), whatever the
+        // planner estimates for `stream = ANY(…)`: with a misestimate it
+        // chose a parallel scan of the whole log for sixty streams.
         let rows: Vec<super::rows::FoldRow> = sqlx::query_as(
             "SELECT e.seq, e.stream, e.kind, e.recorded_at, e.payload, o.outcome, o.reason \
-             FROM events e \
+             FROM unnest($1::text[]) AS s(stream) \
+             CROSS JOIN LATERAL (SELECT seq, stream, kind, recorded_at, payload FROM events \
+                WHERE events.stream = s.stream ORDER BY stream_version) e \
              LEFT JOIN LATERAL (SELECT outcome, reason FROM event_outcomes \
-                WHERE event_outcomes.seq = e.seq) o ON true \
-             WHERE e.stream = ANY($1) ORDER BY e.seq",
+                WHERE event_outcomes.seq = e.seq LIMIT 1) o ON true \
+             ORDER BY e.seq",
         )
         .bind(streams)
         .fetch_all(&mut *self.tx)
