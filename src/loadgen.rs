@@ -441,15 +441,13 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     // 4. Read back.
     // Every booking must say what its whole script implies: an event the
     // engine lost (or, with the test knob, that was never sent) shows here.
-    let sent_per_booking = vec![per_booking; booked.len()];
+    let (want_status, want_refunded) = expected(per_booking);
     let secret = opts.jwt_secret.clone();
     let c = client.clone();
-    let checks: Vec<(Booked, usize)> = booked.into_iter().zip(sent_per_booking).collect();
-    let read: Vec<Option<String>> = pool(checks, opts.concurrency, move |(b, k)| {
+    let read: Vec<Option<String>> = pool(booked, opts.concurrency, move |b| {
         let c = c.clone();
         let secret = secret.clone();
         async move {
-            let (want_status, want_refunded) = expected(k);
             let rider = match token(&secret, &b.rider) {
                 Ok(t) => t,
                 Err(e) => return Some(e),

@@ -130,7 +130,6 @@ async fn main() -> ExitCode {
             json,
         } => {
             loadgen(
-                &config,
                 klubz_ledger::loadgen::Options {
                     url,
                     bookings,
@@ -211,11 +210,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn loadgen(
-    _config: &Config,
-    options: klubz_ledger::loadgen::Options,
-    json: bool,
-) -> anyhow::Result<()> {
+async fn loadgen(options: klubz_ledger::loadgen::Options, json: bool) -> anyhow::Result<()> {
     let report = klubz_ledger::loadgen::run(options)
         .await
         .map_err(|e| anyhow::anyhow!("loadgen: {e}"))?;

@@ -24,7 +24,7 @@ use klubz_ledger::projection::BookingView;
 use klubz_ledger::store::chain::sha256_hex;
 use klubz_ledger::store::{EventStore, Rebuild, StoreError};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 
 /// One projection whose rebuilt state differs from the stored one.
@@ -241,6 +241,9 @@ pub async fn plan(
     let mut checked = 0u64;
 
     let mut ids: Vec<String> = only.to_vec();
+    // Ids only (one string per booking): to find projection rows the log
+    // does not explain without folding every booking twice.
+    let mut logged: HashSet<String> = HashSet::new();
     let mut after = String::new();
     loop {
         if only.is_empty() {
@@ -250,6 +253,7 @@ pub async fn plan(
             break;
         };
         for id in ids.drain(..) {
+            logged.insert(id.clone());
             let folded = fold_one(store, &id).await?;
             checked += 1;
             progress.inc(1);
@@ -293,7 +297,7 @@ pub async fn plan(
                 break;
             };
             for id in rows {
-                if fold_one(store, &id).await?.is_none() {
+                if !logged.contains(&id) {
                     let stored = store.booking(&id).await?;
                     changes.push(Change {
                         entity: format!("booking:{id}"),

@@ -28,18 +28,6 @@ pub enum EffectKind {
 }
 
 impl EffectKind {
-    pub const ALL: [EffectKind; 9] = [
-        Self::BookingAccepted,
-        Self::BookingRejected,
-        Self::BookingCancelled,
-        Self::PaymentSucceeded,
-        Self::PaymentFailed,
-        Self::PaymentRefunded,
-        Self::DisputeOpened,
-        Self::DisputeClosed,
-        Self::RefundRequired,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Self::BookingAccepted => "booking_accepted",
@@ -52,10 +40,6 @@ impl EffectKind {
             Self::DisputeClosed => "dispute_closed",
             Self::RefundRequired => "refund_required",
         }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == raw)
     }
 }
 

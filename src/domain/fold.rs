@@ -332,15 +332,13 @@ pub fn fold_booking(booking_id: &str, events: &[Recorded]) -> BookingFold {
             let guard = check_guards(&refs, (binding.amount_cents, &binding.currency), fact);
             let why = guard.err().unwrap_or(reason::SUPERSEDED_INTENT);
             if why == reason::SUPERSEDED_INTENT && fact.signal == PaymentSignal::Succeeded {
-                effects.push(SideEffect {
-                    kind: EffectKind::RefundRequired,
-                    caused_by_seq: frec.seq,
-                    stripe_event_id: Some(fact.event_id.clone()),
-                    payment_intent_id: Some(pi.to_string()),
-                    amount_cents: Some(binding.amount_cents),
-                    currency: Some(binding.currency.clone()),
-                    occurred_at: stripe_time(fact, frec),
-                });
+                effects.push(intent_effect(
+                    EffectKind::RefundRequired,
+                    binding,
+                    frec,
+                    fact,
+                    binding.amount_cents,
+                ));
             }
             outcomes.set(frec.seq, OutcomeKind::Excluded, Some(why));
         }
@@ -355,15 +353,13 @@ pub fn fold_booking(booking_id: &str, events: &[Recorded]) -> BookingFold {
             .collect();
         run_intent(&refs, binding, &era, |step| {
             if step.after.0 == PaymentStatus::Failed && step.before.0 != PaymentStatus::Failed {
-                effects.push(SideEffect {
-                    kind: EffectKind::PaymentFailed,
-                    caused_by_seq: step.rec.seq,
-                    stripe_event_id: Some(step.fact.event_id.clone()),
-                    payment_intent_id: Some(pi.to_string()),
-                    amount_cents: Some(binding.amount_cents),
-                    currency: Some(binding.currency.clone()),
-                    occurred_at: stripe_time(step.fact, step.rec),
-                });
+                effects.push(intent_effect(
+                    EffectKind::PaymentFailed,
+                    binding,
+                    step.rec,
+                    step.fact,
+                    binding.amount_cents,
+                ));
             }
         });
     }
@@ -411,6 +407,25 @@ fn sort_facts(list: &mut Facts<'_>) {
 
 fn stripe_time(fact: &StripeFact, rec: &Recorded) -> DateTime<Utc> {
     DateTime::from_timestamp(fact.created, 0).unwrap_or(rec.recorded_at)
+}
+
+/// A message caused by a Stripe event of `binding`'s intent.
+fn intent_effect(
+    kind: EffectKind,
+    binding: &PaymentIntentBound,
+    rec: &Recorded,
+    fact: &StripeFact,
+    amount: Cents,
+) -> SideEffect {
+    SideEffect {
+        kind,
+        caused_by_seq: rec.seq,
+        stripe_event_id: Some(fact.event_id.clone()),
+        payment_intent_id: Some(binding.payment_intent_id.clone()),
+        amount_cents: Some(amount),
+        currency: Some(binding.currency.clone()),
+        occurred_at: stripe_time(fact, rec),
+    }
 }
 
 /// What one of an intent's events did, as [`run_intent`] reports it.
@@ -513,14 +528,8 @@ fn fold_current_intent(
 ) {
     let refs = booking_refs(booking);
     sort_facts(&mut list);
-    let effect = |kind: EffectKind, step: &Step<'_>, amount: Cents| SideEffect {
-        kind,
-        caused_by_seq: step.rec.seq,
-        stripe_event_id: Some(step.fact.event_id.clone()),
-        payment_intent_id: Some(binding.payment_intent_id.clone()),
-        amount_cents: Some(amount),
-        currency: Some(binding.currency.clone()),
-        occurred_at: stripe_time(step.fact, step.rec),
+    let effect = |kind: EffectKind, step: &Step<'_>, amount: Cents| {
+        intent_effect(kind, binding, step.rec, step.fact, amount)
     };
     booking.payment = run_intent(&refs, binding, &list, |step| {
         outcomes.set(step.rec.seq, step.outcome.0, step.outcome.1);
@@ -575,15 +584,13 @@ fn fold_current_intent(
         for (rec, fact) in later {
             let now = held_upto(rec.seq);
             if held == Cents::ZERO && now > Cents::ZERO {
-                effects.push(SideEffect {
-                    kind: EffectKind::RefundRequired,
-                    caused_by_seq: rec.seq,
-                    stripe_event_id: Some(fact.event_id.clone()),
-                    payment_intent_id: Some(binding.payment_intent_id.clone()),
-                    amount_cents: Some(now),
-                    currency: Some(binding.currency.clone()),
-                    occurred_at: stripe_time(fact, rec),
-                });
+                effects.push(intent_effect(
+                    EffectKind::RefundRequired,
+                    binding,
+                    rec,
+                    fact,
+                    now,
+                ));
             }
             held = now;
         }

@@ -77,9 +77,8 @@ pub struct MoneyLedger {
 
 impl MoneyLedger {
     /// Records the money fact of one authentic event of the current intent,
-    /// stamped `created` by Stripe. Returns whether the ledger changed.
-    pub fn record(&mut self, signal: &PaymentSignal, created: i64) -> bool {
-        let before = self.clone();
+    /// stamped `created` by Stripe.
+    pub fn record(&mut self, signal: &PaymentSignal, created: i64) {
         match signal {
             PaymentSignal::Succeeded => self.captured = true,
             PaymentSignal::ChargeRefunded {
@@ -111,7 +110,6 @@ impl MoneyLedger {
             | PaymentSignal::Canceled
             | PaymentSignal::Unhandled => {}
         }
-        *self != before
     }
 
     fn record_refund(&mut self, r: &RefundSeen, created: i64) {

@@ -197,18 +197,6 @@ impl PaymentSignal {
             Self::Unhandled => 8,
         }
     }
-
-    /// A step of the intent's lifecycle (before money is captured).
-    pub fn is_lifecycle(&self) -> bool {
-        matches!(
-            self,
-            Self::Processing
-                | Self::RequiresAction
-                | Self::Succeeded
-                | Self::Failed
-                | Self::Canceled
-        )
-    }
 }
 
 impl StripeFact {
