@@ -18,6 +18,7 @@ pub mod postgres;
 mod rows;
 mod sql;
 pub mod sqlite;
+mod sqlite_writer;
 mod unit;
 pub mod verify;
 mod writer;
@@ -146,6 +147,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database error: {0}")]
     Backend(#[from] sqlx::Error),
+    /// The embedded SQLite writer's connection.
+    #[error("database error: {0}")]
+    Embedded(#[from] rusqlite::Error),
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The database was written under another `ENCRYPTION_KEY`.
@@ -419,7 +423,14 @@ pub fn now() -> DateTime<Utc> {
 
 /// RFC 3339 with microseconds: how times are hashed and stored as text.
 pub fn format_time(t: &DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    use chrono::Datelike;
+    if (0..=9999).contains(&t.year()) {
+        // The same text, without parsing a format string on every call (it
+        // was 7 % of the writer's instructions).
+        t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    } else {
+        t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    }
 }
 
 /// `stream_all` for any store: pages of `read_after`, so memory holds one
@@ -445,4 +456,28 @@ pub(crate) fn paged_stream<S: EventStore + ?Sized>(
     })
     .flatten()
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_time;
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn format_time_is_the_stored_format() {
+        for (secs, nanos) in [
+            (0_i64, 0_u32),
+            (1_800_000_000, 123_456_789),
+            (1_800_000_000, 999_999_999),
+            (253_402_300_799, 1_000),
+            (-62_167_219_200, 5),
+        ] {
+            let t = Utc.timestamp_opt(secs, nanos).single().unwrap_or_default();
+            assert_eq!(
+                format_time(&t),
+                t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+                "{secs}.{nanos}"
+            );
+        }
+    }
 }

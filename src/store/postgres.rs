@@ -171,7 +171,7 @@ fn db_time(t: DateTime<Utc>) -> DateTime<Utc> {
 
 #[async_trait]
 impl UnitTx for PgUnit {
-    async fn lock(&mut self, keys: &[String]) -> Result<(), sqlx::Error> {
+    async fn lock(&mut self, keys: &[String]) -> Result<(), BatchError> {
         if keys.is_empty() {
             return Ok(());
         }
@@ -190,7 +190,7 @@ impl UnitTx for PgUnit {
     async fn existing_keys(
         &mut self,
         keys: &[String],
-    ) -> Result<HashMap<String, ExistingKey>, sqlx::Error> {
+    ) -> Result<HashMap<String, ExistingKey>, BatchError> {
         let rows = sqlx::query(
             "SELECT idempotency_key, seq, stream, stream_version, fingerprint FROM events \
              WHERE idempotency_key = ANY($1)",
@@ -213,7 +213,7 @@ impl UnitTx for PgUnit {
             .collect()
     }
 
-    async fn bindings(&mut self, pis: &[String]) -> Result<HashMap<String, String>, sqlx::Error> {
+    async fn bindings(&mut self, pis: &[String]) -> Result<HashMap<String, String>, BatchError> {
         let rows = sqlx::query(
             "SELECT payment_intent_id, booking_id FROM payment_bindings \
              WHERE payment_intent_id = ANY($1)",
@@ -226,20 +226,20 @@ impl UnitTx for PgUnit {
             .collect()
     }
 
-    async fn trips(&mut self, ids: &[String]) -> Result<HashMap<String, TripState>, sqlx::Error> {
+    async fn trips(&mut self, ids: &[String]) -> Result<HashMap<String, TripState>, BatchError> {
         let rows = sqlx::query("SELECT * FROM trips WHERE trip_id = ANY($1)")
             .bind(ids)
             .fetch_all(&mut *self.tx)
             .await?;
         rows.iter()
-            .map(|r| super::rows::trip(r).map(|t| (t.trip_id.clone(), t)))
+            .map(|r| Ok(super::rows::trip(r).map(|t| (t.trip_id.clone(), t))?))
             .collect()
     }
 
     async fn stream_heads(
         &mut self,
         streams: &[String],
-    ) -> Result<HashMap<String, (i64, String)>, sqlx::Error> {
+    ) -> Result<HashMap<String, (i64, String)>, BatchError> {
         let rows = sqlx::query(
             // The head of each stream straight from the (stream,
             // stream_version) index, not a sort of every event of the streams.
@@ -260,10 +260,7 @@ impl UnitTx for PgUnit {
             .collect()
     }
 
-    async fn insert_events(
-        &mut self,
-        rows: &[NewRow],
-    ) -> Result<HashMap<String, i64>, sqlx::Error> {
+    async fn insert_events(&mut self, rows: &[NewRow]) -> Result<HashMap<String, i64>, BatchError> {
         // One multi-row (UNNEST) statement per batch.
         let inserted = sqlx::query(
             "INSERT INTO events (stream, stream_version, kind, source, idempotency_key, \
@@ -305,7 +302,7 @@ impl UnitTx for PgUnit {
             .collect()
     }
 
-    async fn insert_bindings(&mut self, rows: &[(String, String, i64)]) -> Result<(), sqlx::Error> {
+    async fn insert_bindings(&mut self, rows: &[(String, String, i64)]) -> Result<(), BatchError> {
         sqlx::query(
             "INSERT INTO payment_bindings (payment_intent_id, booking_id, seq) \
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[])",
@@ -318,7 +315,7 @@ impl UnitTx for PgUnit {
         Ok(())
     }
 
-    async fn booking_histories(&mut self, ids: &[String]) -> Result<Histories, sqlx::Error> {
+    async fn booking_histories(&mut self, ids: &[String]) -> Result<Histories, BatchError> {
         // Streams first, then events by `stream = ANY(…)`: this uses the
         // (stream, stream_version) index, where a join from a CTE led the
         // planner to scan the whole log.
@@ -368,17 +365,20 @@ impl UnitTx for PgUnit {
         Ok(out)
     }
 
-    async fn trip_history(&mut self, trip_id: &str) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    async fn trip_history(&mut self, trip_id: &str) -> Result<Vec<StoredEvent>, BatchError> {
         let rows = sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE stream = $1 ORDER BY stream_version"
         ))
         .bind(crate::domain::events::stream::trip(trip_id))
         .fetch_all(&mut *self.tx)
         .await?;
-        rows.iter().map(super::rows::event).collect()
+        Ok(rows
+            .iter()
+            .map(super::rows::event)
+            .collect::<Result<_, _>>()?)
     }
 
-    async fn save_bookings(&mut self, bookings: &[BookingView]) -> Result<(), sqlx::Error> {
+    async fn save_bookings(&mut self, bookings: &[BookingView]) -> Result<(), BatchError> {
         let col =
             |f: fn(&BookingView) -> Option<String>| bookings.iter().map(f).collect::<Vec<_>>();
         let num = |f: fn(&BookingView) -> Option<i64>| bookings.iter().map(f).collect::<Vec<_>>();
@@ -427,7 +427,7 @@ impl UnitTx for PgUnit {
         Ok(())
     }
 
-    async fn save_outcomes(&mut self, outcomes: &[OutcomeRow]) -> Result<(), sqlx::Error> {
+    async fn save_outcomes(&mut self, outcomes: &[OutcomeRow]) -> Result<(), BatchError> {
         sqlx::query(
             "INSERT INTO event_outcomes (seq, booking_id, outcome, reason) \
              SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[]) \
@@ -453,7 +453,7 @@ impl UnitTx for PgUnit {
         Ok(())
     }
 
-    async fn save_outbox(&mut self, rows: &[OutboxRow]) -> Result<(), sqlx::Error> {
+    async fn save_outbox(&mut self, rows: &[OutboxRow]) -> Result<(), BatchError> {
         let now = now();
         for r in rows {
             sqlx::query(
@@ -472,7 +472,7 @@ impl UnitTx for PgUnit {
         Ok(())
     }
 
-    async fn save_trip(&mut self, t: &TripState) -> Result<(), sqlx::Error> {
+    async fn save_trip(&mut self, t: &TripState) -> Result<(), BatchError> {
         sqlx::query(
             "INSERT INTO trips (trip_id, driver_id, org_id, title, seats, price_per_seat_cents, \
                 currency, departure_time, cancelled, seats_accepted, version, last_event_seq) \

@@ -65,19 +65,19 @@ fn count(raw: i32, column: &str) -> Result<u32, sqlx::Error> {
 /// An `events` row.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct EventRow {
-    seq: i64,
-    stream: String,
-    stream_version: i64,
-    kind: String,
-    source: String,
-    idempotency_key: String,
-    occurred_at: StoredTime,
-    recorded_at: StoredTime,
-    payload: String,
-    raw_payload: Option<Vec<u8>>,
-    fingerprint: String,
-    prev_hash: String,
-    hash: String,
+    pub seq: i64,
+    pub stream: String,
+    pub stream_version: i64,
+    pub kind: String,
+    pub source: String,
+    pub idempotency_key: String,
+    pub occurred_at: StoredTime,
+    pub recorded_at: StoredTime,
+    pub payload: String,
+    pub raw_payload: Option<Vec<u8>>,
+    pub fingerprint: String,
+    pub prev_hash: String,
+    pub hash: String,
 }
 
 impl TryFrom<EventRow> for StoredEvent {
@@ -146,18 +146,18 @@ pub(crate) fn outcome_of(
 /// A `trips` row.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct TripRow {
-    trip_id: String,
-    driver_id: String,
-    org_id: Option<String>,
-    title: String,
-    seats: i32,
-    price_per_seat_cents: i64,
-    currency: String,
-    departure_time: StoredTime,
-    cancelled: bool,
-    seats_accepted: i32,
-    version: i64,
-    last_event_seq: i64,
+    pub trip_id: String,
+    pub driver_id: String,
+    pub org_id: Option<String>,
+    pub title: String,
+    pub seats: i32,
+    pub price_per_seat_cents: i64,
+    pub currency: String,
+    pub departure_time: StoredTime,
+    pub cancelled: bool,
+    pub seats_accepted: i32,
+    pub version: i64,
+    pub last_event_seq: i64,
 }
 
 impl TryFrom<TripRow> for TripState {

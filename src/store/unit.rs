@@ -74,32 +74,31 @@ pub(crate) struct Histories {
 pub(crate) trait UnitTx: Send {
     /// Takes transaction-scoped locks on the keys, in order (no-op where the
     /// backend has a single writer).
-    async fn lock(&mut self, keys: &[String]) -> Result<(), sqlx::Error>;
+    async fn lock(&mut self, keys: &[String]) -> Result<(), BatchError>;
     async fn existing_keys(
         &mut self,
         keys: &[String],
-    ) -> Result<HashMap<String, ExistingKey>, sqlx::Error>;
+    ) -> Result<HashMap<String, ExistingKey>, BatchError>;
     /// payment intent id → booking id, for the given intents.
-    async fn bindings(&mut self, pis: &[String]) -> Result<HashMap<String, String>, sqlx::Error>;
-    async fn trips(&mut self, ids: &[String]) -> Result<HashMap<String, TripState>, sqlx::Error>;
+    async fn bindings(&mut self, pis: &[String]) -> Result<HashMap<String, String>, BatchError>;
+    async fn trips(&mut self, ids: &[String]) -> Result<HashMap<String, TripState>, BatchError>;
     /// stream → (latest version, latest hash).
     async fn stream_heads(
         &mut self,
         streams: &[String],
-    ) -> Result<HashMap<String, (i64, String)>, sqlx::Error>;
+    ) -> Result<HashMap<String, (i64, String)>, BatchError>;
     /// Inserts rows in order; returns idempotency key → seq.
-    async fn insert_events(&mut self, rows: &[NewRow])
-        -> Result<HashMap<String, i64>, sqlx::Error>;
-    async fn insert_bindings(&mut self, rows: &[(String, String, i64)]) -> Result<(), sqlx::Error>;
-    async fn booking_histories(&mut self, ids: &[String]) -> Result<Histories, sqlx::Error>;
-    async fn trip_history(&mut self, trip_id: &str) -> Result<Vec<StoredEvent>, sqlx::Error>;
+    async fn insert_events(&mut self, rows: &[NewRow]) -> Result<HashMap<String, i64>, BatchError>;
+    async fn insert_bindings(&mut self, rows: &[(String, String, i64)]) -> Result<(), BatchError>;
+    async fn booking_histories(&mut self, ids: &[String]) -> Result<Histories, BatchError>;
+    async fn trip_history(&mut self, trip_id: &str) -> Result<Vec<StoredEvent>, BatchError>;
     /// Upserts booking rows, in one statement.
-    async fn save_bookings(&mut self, bookings: &[BookingView]) -> Result<(), sqlx::Error>;
+    async fn save_bookings(&mut self, bookings: &[BookingView]) -> Result<(), BatchError>;
     /// Upserts event outcomes, in one statement.
-    async fn save_outcomes(&mut self, outcomes: &[OutcomeRow]) -> Result<(), sqlx::Error>;
-    async fn save_outbox(&mut self, rows: &[OutboxRow]) -> Result<(), sqlx::Error>;
+    async fn save_outcomes(&mut self, outcomes: &[OutcomeRow]) -> Result<(), BatchError>;
+    async fn save_outbox(&mut self, rows: &[OutboxRow]) -> Result<(), BatchError>;
     /// Upserts the trip row with its seat count recomputed from bookings.
-    async fn save_trip(&mut self, trip: &TripState) -> Result<(), sqlx::Error>;
+    async fn save_trip(&mut self, trip: &TripState) -> Result<(), BatchError>;
 }
 
 /// Per-batch constants.
@@ -113,7 +112,15 @@ pub(crate) struct BatchEnv<'a> {
 #[derive(Debug)]
 pub(crate) enum BatchError {
     Db(sqlx::Error),
+    /// The embedded SQLite writer's own connection (rusqlite).
+    Sqlite(rusqlite::Error),
     Corrupt(String),
+}
+
+impl From<rusqlite::Error> for BatchError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sqlite(e)
+    }
 }
 
 impl From<sqlx::Error> for BatchError {
