@@ -29,6 +29,7 @@
 //! "retry later"). Only the binaries use `anyhow`.
 
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod crypto;
 pub mod dispatch;

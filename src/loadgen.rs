@@ -187,6 +187,26 @@ fn script_event(b: &Booked, i: usize, n: usize, created: i64) -> Value {
     })
 }
 
+/// The `i`-th webhook body of a booking's script, for callers that drive
+/// the store without HTTP (`bench`): the same bodies `loadgen` sends.
+pub(crate) fn script_body(
+    booking_id: &str,
+    trip_id: &str,
+    rider: &str,
+    payment_intent_id: &str,
+    i: usize,
+    run: usize,
+    created: i64,
+) -> Vec<u8> {
+    let b = Booked {
+        trip_id: trip_id.to_string(),
+        booking_id: booking_id.to_string(),
+        rider: rider.to_string(),
+        payment_intent_id: payment_intent_id.to_string(),
+    };
+    script_event(&b, i, run, created).to_string().into_bytes()
+}
+
 /// What a booking must say after the first `k` events of its script.
 fn expected(k: usize) -> (&'static str, i64) {
     match k {

@@ -80,6 +80,24 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Measure, in one run on fresh temporary databases of the configured
+    /// kind: the storage baseline, append+project in process, HTTP ingest
+    /// (loadgen against a server it starts) and a rebuild of every
+    /// projection against a plain scan of the log; print them with ratios.
+    Bench {
+        /// Events in the in-process log (and bare rows of the baseline);
+        /// the rebuild reads that log.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Webhooks sent over HTTP (three per booking).
+        #[arg(long, default_value_t = 60_000)]
+        http_events: usize,
+        /// Producers: tasks in process, keep-alive connections over HTTP.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main]
@@ -98,7 +116,7 @@ async fn main() -> ExitCode {
     } else {
         "warn"
     };
-    klubz_ledger::telemetry::init(config.log_format, level);
+    klubz_ledger::telemetry::init(config.log_format, level, matches!(cli.command, Cmd::Serve));
     if !config.generated.is_empty() {
         if let Some(file) = &config.secrets_file {
             tracing::warn!(
@@ -120,6 +138,29 @@ async fn main() -> ExitCode {
         Cmd::Migrate => migrate(&config).await,
         Cmd::CheckMigrations { dir } => check_migrations(&config, &dir).await,
         Cmd::Smoke => smoke(&config).await,
+        Cmd::Bench {
+            events,
+            http_events,
+            concurrency,
+            json,
+        } => {
+            let options = klubz_ledger::bench::Options {
+                events,
+                http_events,
+                concurrency,
+            };
+            match klubz_ledger::bench::run(&config, &options).await {
+                Ok(report) if json => {
+                    println!("{}", report.to_json());
+                    Ok(())
+                }
+                Ok(report) => {
+                    print!("{}", report.render());
+                    Ok(())
+                }
+                Err(e) => Err(e.context("bench")),
+            }
+        }
         Cmd::Loadgen {
             url,
             bookings,

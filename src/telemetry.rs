@@ -1,16 +1,25 @@
-//! Log setup: one JSON object per line on stdout (or human-readable with
-//! `LOG_FORMAT=pretty`). `RUST_LOG` overrides the level.
+//! Log setup: one JSON object per line (or human-readable with
+//! `LOG_FORMAT=pretty`), on stdout for `serve` and on stderr for the other
+//! commands, whose stdout is their output (`bench --json | jq` must parse).
+//! `RUST_LOG` overrides the level.
 
 use crate::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber once; later calls do nothing.
-pub fn init(format: LogFormat, default_level: &str) {
+pub fn init(format: LogFormat, default_level: &str, on_stdout: bool) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let writer = tracing_subscriber::fmt::writer::BoxMakeWriter::new(move || {
+        if on_stdout {
+            Box::new(std::io::stdout()) as Box<dyn std::io::Write>
+        } else {
+            Box::new(std::io::stderr())
+        }
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Json => builder
             .json()

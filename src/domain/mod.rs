@@ -10,6 +10,7 @@ pub mod fold;
 pub mod ledger;
 pub mod money;
 pub mod payment;
+pub mod rebuild;
 pub mod status;
 pub mod table;
 pub mod trip;

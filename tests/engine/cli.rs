@@ -150,6 +150,67 @@ fn smoke_passes_on_embedded_sqlite_with_database_url_unset() {
     assert!(dir.path().join("klubz-ledger.secrets").exists());
 }
 
+/// `bench` at a tiny size: every step runs and checks itself (loadgen's
+/// read-back, the rebuild against the projections), and the report has
+/// each figure with its ratio. No figure is judged: speed is not tested.
+fn bench_runs_every_step(database_url: Option<&str>, backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let env: Vec<(&str, &str)> = database_url
+        .map(|u| ("DATABASE_URL", u))
+        .into_iter()
+        .collect();
+    let out = ledger(
+        dir.path(),
+        &[
+            "bench",
+            "--events",
+            "600",
+            "--http-events",
+            "120",
+            "--concurrency",
+            "8",
+            "--json",
+        ],
+        &env,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["backend"], backend);
+    let figures = report["figures"].as_array().unwrap();
+    let names: Vec<&str> = figures
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "storage baseline (bare rows)",
+            "append+project in process",
+            "HTTP ingest (loadgen)",
+            "log scan",
+            "rebuild (scan + fold every booking)"
+        ]
+    );
+    let count = |i: usize| figures[i]["count"].as_u64().unwrap();
+    assert_eq!(count(0), 600);
+    assert_eq!(count(1), 600 / 6 * 3, "three webhooks per booking");
+    assert_eq!(count(2), 120, "every webhook acknowledged");
+    assert_eq!(count(3), count(4), "the rebuild read the whole log");
+    assert_eq!(figures[1]["ratioAgainst"], "baseline");
+    assert_eq!(figures[4]["ratioAgainst"], "scan");
+    assert!(figures[2]["p99Ms"].as_f64().is_some());
+}
+
+#[test]
+fn bench_runs_every_step_on_sqlite() {
+    bench_runs_every_step(None, "sqlite");
+}
+
+#[test]
+fn bench_runs_every_step_on_postgres() {
+    bench_runs_every_step(Some(admin_url().as_str()), "postgres");
+}
+
 #[test]
 fn smoke_passes_on_postgres() {
     let dir = tempfile::tempdir().unwrap();
