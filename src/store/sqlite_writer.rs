@@ -69,8 +69,11 @@ impl WriterConfig {
     }
 }
 
-/// WAL pages after which the writer checkpoints in line (a backstop: the
-/// checkpointer thread normally keeps the WAL far below it).
+/// WAL pages after which the writer checkpoints in line: a backstop for
+/// when readers keep the checkpointer from finishing (the WAL file can then
+/// grow to about 200 MiB; SQLite reuses it from the start afterwards).
+/// Measured with loadgen, 4 runs each: this 6.6–7.3k events/s; a 4 000-page
+/// backstop 5.3–6.4k; SQLite's default in-line checkpoints 5.2–6.6k.
 const WRITER_CHECKPOINT_PAGES: i64 = 50_000;
 
 /// How often the checkpointer copies the WAL into the database file.
