@@ -153,8 +153,10 @@ impl Config {
             };
         let jwt_secret = secret("JWT_SECRET", || hex::encode(random_bytes()))?;
         let encryption_hex = secret("ENCRYPTION_KEY", || hex::encode(random_bytes()))?;
-        // Production without a webhook secret still starts (the rest of the
-        // engine works) but the webhook fails closed: 500 CONFIGURATION_ERROR.
+        // Production: no generated webhook secret. Commands that need none
+        // (migrate, klubz-replay) run without it; `serve` refuses to start
+        // (`check_serve`), and the webhook route would fail closed (500
+        // CONFIGURATION_ERROR) should a server run without one anyway.
         let webhook_raw = if production {
             get("STRIPE_WEBHOOK_SECRET").unwrap_or_default()
         } else {
@@ -250,6 +252,44 @@ impl Config {
             secrets_file: (!production).then_some(secrets_path),
             generated,
         })
+    }
+}
+
+impl Config {
+    /// What `serve` needs beyond what every command needs: in production,
+    /// the secrets without which it cannot do its job (verify webhooks,
+    /// create payment intents). Elsewhere a throwaway webhook secret and the
+    /// offline gateway stand in, labelled as such.
+    pub fn check_serve(&self) -> Result<(), ConfigError> {
+        if self.environment != Environment::Production {
+            return Ok(());
+        }
+        if self.webhook_secrets.is_empty() {
+            return Err(err(
+                "STRIPE_WEBHOOK_SECRET",
+                "required in production to serve: without it no webhook can be verified",
+            ));
+        }
+        if self.stripe_secret_key.is_none() {
+            return Err(err(
+                "STRIPE_SECRET_KEY",
+                "required in production to serve: without it no payment intent can be created",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Parts of the engine's job that are off, each with its reason:
+    /// `/health` answers `degraded` with them.
+    pub fn degraded_reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if self.environment == Environment::Production && self.notify_url.is_none() {
+            reasons.push(
+                "NOTIFY_URL is not set: side-effect messages are kept in the outbox, not delivered"
+                    .to_string(),
+            );
+        }
+        reasons
     }
 }
 

@@ -32,6 +32,7 @@ pub mod auth;
 pub mod bench;
 pub mod config;
 pub mod crypto;
+pub mod demo;
 pub mod dispatch;
 pub mod domain;
 pub mod http;

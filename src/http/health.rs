@@ -31,15 +31,27 @@ pub async fn health(State(state): State<AppState>) -> Response {
         return response;
     }
     match checks.await {
-        Ok((seq, paused)) => Json(json!({
-            "status": "ok",
-            "database": "ok",
-            "writer": "ok",
-            "version": env!("CARGO_PKG_VERSION"),
-            "eventLogSeq": seq,
-            "sideEffectsPaused": paused,
-        }))
-        .into_response(),
+        Ok((seq, paused)) => {
+            // Up, but part of the job is off: still 200 (it serves what it
+            // can), `degraded` with every reason.
+            let mut reasons = state.config.degraded_reasons();
+            if paused {
+                reasons.push(
+                    "side effects are paused by an operator (klubz-replay side-effects resume --operator NAME --reason TEXT)"
+                        .to_string(),
+                );
+            }
+            Json(json!({
+                "status": if reasons.is_empty() { "ok" } else { "degraded" },
+                "reasons": reasons,
+                "database": "ok",
+                "writer": "ok",
+                "version": env!("CARGO_PKG_VERSION"),
+                "eventLogSeq": seq,
+                "sideEffectsPaused": paused,
+            }))
+            .into_response()
+        }
         Err(e) => {
             tracing::warn!(error = %e, "health: database unreachable");
             let error = ApiError::storage_unavailable();

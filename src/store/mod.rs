@@ -18,7 +18,7 @@ pub mod postgres;
 mod rows;
 mod sql;
 pub mod sqlite;
-mod sqlite_writer;
+pub(crate) mod sqlite_writer;
 mod unit;
 pub mod verify;
 mod writer;
@@ -145,18 +145,38 @@ pub enum StoreError {
     Unavailable(String),
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+    // No `#[source]` on these: their message is in ours already, and a
+    // source would print it a second (and third) time in an error chain.
     #[error("database error: {0}")]
-    Backend(#[from] sqlx::Error),
+    Backend(sqlx::Error),
     /// The embedded SQLite writer's connection.
     #[error("database error: {0}")]
-    Embedded(#[from] rusqlite::Error),
+    Embedded(rusqlite::Error),
     #[error("migration error: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     /// The database was written under another `ENCRYPTION_KEY`.
     #[error(
         "ENCRYPTION_KEY does not match the key this database was created with; refusing to open it"
     )]
     WrongKey,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Backend(e)
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Embedded(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        Self::Migrate(e)
+    }
 }
 
 /// An event row as stored.
@@ -383,6 +403,29 @@ pub trait OperatorState: Send + Sync {
 }
 
 /// Opens the store named by a `DATABASE_URL`, migrating it first.
+/// Where a database URL points, for logs and errors: the SQLite file's
+/// path, or PostgreSQL's user, host, port and database (never a password).
+pub fn describe_url(database_url: &str) -> String {
+    use std::str::FromStr;
+    if database_url.starts_with("sqlite:") {
+        match sqlx::sqlite::SqliteConnectOptions::from_str(database_url) {
+            Ok(o) => format!("SQLite file {}", o.get_filename().display()),
+            Err(_) => "SQLite (unparsable URL)".into(),
+        }
+    } else {
+        match sqlx::postgres::PgConnectOptions::from_str(database_url) {
+            Ok(o) => format!(
+                "PostgreSQL {}@{}:{}/{}",
+                o.get_username(),
+                o.get_host(),
+                o.get_port(),
+                o.get_database().unwrap_or_default()
+            ),
+            Err(_) => "PostgreSQL (unparsable URL)".into(),
+        }
+    }
+}
+
 pub async fn open(
     database_url: &str,
     chain_key: chain::ChainKey,

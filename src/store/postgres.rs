@@ -96,11 +96,20 @@ impl PgStore {
         // No JIT: compiling a plan costs more than these short statements.
         let opts = PgConnectOptions::from_str(url)?
             .options([("plan_cache_mode", "force_custom_plan"), ("jit", "off")]);
-        Ok(PgPoolOptions::new()
+        let place = format!(
+            "{}:{}/{}",
+            opts.get_host(),
+            opts.get_port(),
+            opts.get_database().unwrap_or_default()
+        );
+        PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(opts)
-            .await?)
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot connect to PostgreSQL at {place}: {e}"))
+            })
     }
 
     pub async fn migrate(url: &str) -> Result<(), StoreError> {

@@ -60,7 +60,12 @@ impl SqliteStore {
         busy_timeout: Duration,
     ) -> Result<Self, StoreError> {
         let opts = options(url, busy_timeout)?;
-        let mut conn = SqliteConnection::connect_with(&opts).await?;
+        let mut conn = SqliteConnection::connect_with(&opts).await.map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot open the SQLite database {}: {e}",
+                opts.get_filename().display()
+            ))
+        })?;
         migrator(Dialect::Sqlite).run(&mut conn).await?;
         let ours = chain_key.check_value();
         sqlx::query(super::KEY_CHECK_INSERT)

@@ -38,7 +38,7 @@ use tokio::sync::oneshot;
 /// Pages SQLite keeps in memory for the writer (negative: KiB). The default
 /// (2 MiB) is smaller than the indexes a batch touches, so every batch read
 /// its pages back through the kernel.
-const CACHE_KIB: i64 = 64 * 1024;
+pub(crate) const CACHE_KIB: i64 = 64 * 1024;
 
 /// How the writer opens its connection (again, after a failure).
 #[derive(Debug, Clone)]

@@ -1234,6 +1234,17 @@ pub async fn production_without_stripe_key_refuses_intents(backend: Backend) {
             json!("PAYMENT_UNAVAILABLE")
         )
     );
+    // Production without NOTIFY_URL delivers no side effect: up, degraded.
+    let (status, health, _) = app.call(Method::GET, "/health", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(
+        health["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("NOTIFY_URL"),
+        "{health}"
+    );
 }
 
 on_both_backends!(api:

@@ -211,6 +211,72 @@ fn bench_runs_every_step_on_postgres() {
     bench_runs_every_step(Some(admin_url().as_str()), "postgres");
 }
 
+/// `demo` with no configuration: exits 0, and every state it prints is
+/// what the database it leaves says (the projection `GET /api/bookings/:id`
+/// answers from), and the day's refusals and exclusions are shown.
+#[tokio::test]
+async fn demo_runs_and_prints_what_the_database_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ledger(dir.path(), &["demo"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(printed.contains("\nverify: ok"), "{printed}");
+    for reason in [
+        "superseded_intent",
+        "metadata_mismatch",
+        "SIGNATURE",
+        "CONFLICT",
+    ] {
+        assert!(printed.contains(reason), "{reason} missing:\n{printed}");
+    }
+    let kept = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("The database is kept in "))
+        .and_then(|l| l.split(". Explore").next())
+        .expect("the demo names its directory");
+    let url = format!("sqlite://{kept}/demo.db");
+    let config = klubz_ledger::config::Config::load(|_| None, dir.path()).unwrap();
+    let store = klubz_ledger::store::open(&url, config.encryption_key.chain_key())
+        .await
+        .unwrap();
+    let mut states = std::collections::BTreeMap::new();
+    let table: Vec<&str> = printed
+        .lines()
+        .skip_while(|l| !l.starts_with("rider"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(table.len(), 7, "{printed}");
+    for line in table {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let b = store.booking(cols[2]).await.unwrap().unwrap();
+        assert_eq!(
+            (b.status.as_str(), b.payment_status.as_str()),
+            (cols[3], cols[4]),
+            "{line}"
+        );
+        states.insert(cols[0].to_string(), cols[4].to_string());
+    }
+    let want = [
+        ("alice", "paid"),
+        ("bob", "partially_refunded"),
+        ("carol", "refunded"),
+        ("dave", "unpaid"),
+        ("erin", "paid"),
+        ("frank", "charged_back"),
+        ("grace", "paid"),
+    ];
+    for (who, status) in want {
+        assert_eq!(
+            states.get(who).map(String::as_str),
+            Some(status),
+            "{printed}"
+        );
+    }
+    store.close().await;
+    let _ = std::fs::remove_dir_all(kept);
+}
+
 #[test]
 fn smoke_passes_on_postgres() {
     let dir = tempfile::tempdir().unwrap();
@@ -235,6 +301,36 @@ fn production_without_secrets_refuses_to_start_naming_the_variable() {
     assert!(stderr.contains("ENCRYPTION_KEY"), "{stderr}");
     assert!(!stderr.contains(secret));
     assert!(!dir.path().join("klubz-ledger.secrets").exists());
+}
+
+#[test]
+fn production_serve_refuses_without_the_stripe_secrets_it_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = [
+        ("ENVIRONMENT", "production"),
+        ("JWT_SECRET", "a-jwt-secret-that-is-long-enough-to-pass"),
+        (
+            "ENCRYPTION_KEY",
+            "0101010101010101010101010101010101010101010101010101010101010101",
+        ),
+        ("BIND_ADDR", "127.0.0.1:0"),
+    ];
+    let db = format!("sqlite://{}", dir.path().join("p.db").display());
+    let mut env = base.to_vec();
+    env.push(("DATABASE_URL", db.as_str()));
+    let out = ledger(dir.path(), &["serve"], &env);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("STRIPE_WEBHOOK_SECRET"),
+        "{}",
+        text(&out)
+    );
+    env.push(("STRIPE_WEBHOOK_SECRET", "whsec_test_prod_0123456789"));
+    let out = ledger(dir.path(), &["serve"], &env);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("STRIPE_SECRET_KEY"), "{}", text(&out));
+    assert!(!text(&out).contains("whsec_test_prod"), "never the value");
+    assert!(!dir.path().join("p.db").exists(), "refused before opening");
 }
 
 /// A `klubz-ledger serve` child process and its captured stdout.
