@@ -81,10 +81,10 @@ impl AppState {
         gateway: Option<Arc<dyn PaymentGateway>>,
     ) -> Self {
         Self {
+            metrics: Arc::new(Metrics::with_writer(&store.writer_stats())),
             store,
             cipher: config.encryption_key.payload_cipher(),
             config,
-            metrics: Arc::new(Metrics::default()),
             gateway,
         }
     }

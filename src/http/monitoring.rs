@@ -6,7 +6,9 @@
 use super::access::require;
 use super::{ApiError, AppState};
 use crate::auth::{Caller, Role};
-use axum::extract::State;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
@@ -40,9 +42,49 @@ fn latency(state: &AppState) -> Value {
     json!({"p50": p50, "p95": p95, "p99": p99})
 }
 
-async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+/// `?format=prometheus`, or `Accept: text/plain` / OpenMetrics: the
+/// Prometheus text exposition; otherwise JSON.
+#[derive(Debug, serde::Deserialize)]
+struct MetricsQuery {
+    format: Option<String>,
+}
+
+async fn metrics(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<MetricsQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     admin(&caller)?;
     let stats = state.store.stats().await.map_err(super::store_error)?;
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if query.format.as_deref() == Some("prometheus")
+        || accept.contains("text/plain")
+        || accept.contains("application/openmetrics-text")
+    {
+        let paused = state
+            .store
+            .side_effects_paused()
+            .await
+            .map_err(super::store_error)?;
+        let oldest = stats
+            .oldest_pending_outbox
+            .map(|t| (crate::store::now() - t).num_milliseconds().max(0) as f64 / 1000.0);
+        let text = state
+            .metrics
+            .prometheus(&stats, paused, oldest, &state.store.writer_stats());
+        return Ok((
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response());
+    }
     Ok(Json(json!({
         "eventsByKindSource": stats.events.iter()
             .map(|(k, s, n)| json!({"kind": k, "source": s, "count": n})).collect::<Vec<_>>(),
@@ -56,7 +98,8 @@ async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Json<V
         "outboxFailed": stats.outbox.iter().filter(|(_, s, _)| s == "failed").map(|(_, _, n)| n).sum::<i64>(),
         "requests": state.metrics.get("http.requests"),
         "latencyMs": latency(&state),
-    })))
+    }))
+    .into_response())
 }
 
 async fn security(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {

@@ -21,6 +21,10 @@ macro_rules! impl_event_store {
                 self.writer.alive()
             }
 
+            fn writer_stats(&self) -> $crate::store::WriterStats {
+                self.writer.stats()
+            }
+
             async fn close(&self) {
                 self.writer.close().await
             }
@@ -212,6 +216,11 @@ macro_rules! impl_event_store {
                         .outbox
                         .push((r.try_get("kind")?, r.try_get("status")?, r.try_get("n")?));
                 }
+                let oldest: Option<$crate::store::rows::StoredTime> =
+                    sqlx::query_scalar($crate::store::sql::STATS_OUTBOX_OLDEST)
+                        .fetch_one(&self.pool)
+                        .await?;
+                stats.oldest_pending_outbox = oldest.map(|t| t.0);
                 Ok(stats)
             }
         }

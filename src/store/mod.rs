@@ -179,6 +179,8 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
     }
 }
 
+pub use writer::WriterStats;
+
 /// An event row as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEvent {
@@ -280,6 +282,8 @@ pub struct LedgerStats {
     pub unbound_events: i64,
     /// (kind, status, count)
     pub outbox: Vec<(String, String, i64)>,
+    /// When the oldest undelivered message was written.
+    pub oldest_pending_outbox: Option<DateTime<Utc>>,
 }
 
 /// The storage behind the engine, one trait per job; a new capability adds
@@ -307,6 +311,9 @@ pub trait EventLog: Send + Sync {
 
     /// Every writer task runs (false after one died, or after `close`).
     fn writer_alive(&self) -> bool;
+
+    /// The writer's queue and batches, for monitoring.
+    fn writer_stats(&self) -> WriterStats;
 
     /// Stops taking submissions, commits what is queued and waits for the
     /// writer tasks to end (`serve` on shutdown).

@@ -36,6 +36,8 @@ pub(crate) const STATS_UNBOUND: &str =
     "SELECT count(*) FROM event_outcomes WHERE booking_id IS NULL AND outcome = 'excluded'";
 pub(crate) const STATS_OUTBOX: &str = "SELECT kind, status, count(*) AS n \
     FROM outbox GROUP BY kind, status ORDER BY kind, status";
+pub(crate) const STATS_OUTBOX_OLDEST: &str =
+    "SELECT MIN(created_at) FROM outbox WHERE status = 'pending'";
 pub(crate) const BOOKINGS_OF_TRIP: &str =
     "SELECT * FROM trip_participants WHERE trip_id = $1 ORDER BY booking_id";
 pub(crate) const IDEMPOTENCY_PURGE: &str = "DELETE FROM idempotency_keys \

@@ -46,8 +46,19 @@ pub(crate) struct Writer {
     shared: Arc<Shared>,
 }
 
+/// The writer's figures for monitoring: submissions waiting now, and
+/// histograms of every committed batch's size and commit time.
+#[derive(Debug, Clone)]
+pub struct WriterStats {
+    pub queued: usize,
+    pub batch_size: prometheus_client::metrics::histogram::Histogram,
+    pub commit_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
 struct Shared {
     tasks: usize,
+    batch_size: prometheus_client::metrics::histogram::Histogram,
+    commit_seconds: prometheus_client::metrics::histogram::Histogram,
     running: AtomicUsize,
     closed: AtomicBool,
     stop: tokio::sync::watch::Sender<bool>,
@@ -72,8 +83,13 @@ impl Writer {
     fn spawn_with_capacity<R: BatchRunner>(runner: Arc<R>, tasks: usize, capacity: usize) -> Self {
         let tasks = tasks.max(1);
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
         let shared = Arc::new(Shared {
             tasks,
+            // 1, 2, 4 … 512 submissions (MAX_BATCH).
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            // 0.25 ms … about 4 s.
+            commit_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
             running: AtomicUsize::new(tasks),
             closed: AtomicBool::new(false),
             stop,
@@ -103,6 +119,18 @@ impl Writer {
     pub fn alive(&self) -> bool {
         !self.shared.closed.load(Ordering::SeqCst)
             && self.shared.running.load(Ordering::SeqCst) == self.shared.tasks
+    }
+
+    pub fn stats(&self) -> WriterStats {
+        WriterStats {
+            queued: self
+                .queues
+                .iter()
+                .map(|q| q.max_capacity() - q.capacity())
+                .sum(),
+            batch_size: self.shared.batch_size.clone(),
+            commit_seconds: self.shared.commit_seconds.clone(),
+        }
     }
 
     /// Stops taking submissions, commits what is queued, waits for the
@@ -156,7 +184,7 @@ async fn writer_loop<R: BatchRunner>(
     runner: Arc<R>,
     mut rx: mpsc::Receiver<Job>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-    _running: RunningGuard,
+    running: RunningGuard,
 ) {
     loop {
         let mut jobs = Vec::new();
@@ -184,8 +212,14 @@ async fn writer_loop<R: BatchRunner>(
             }
         }
         let subs: Vec<Submission> = jobs.iter().map(|j| j.sub.clone()).collect();
+        let started = std::time::Instant::now();
         match runner.run(&subs).await {
             Ok(results) => {
+                running.0.batch_size.observe(subs.len() as f64);
+                running
+                    .0
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 for (job, result) in jobs.into_iter().zip(results) {
                     let _ = job.reply.send(result);
                 }

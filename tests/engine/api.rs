@@ -1215,6 +1215,97 @@ pub async fn stripe_timeout_is_recovered_by_the_next_call(backend: Backend) {
     );
 }
 
+/// Scrapes the Prometheus exposition; every sample line parsed into
+/// `name{labels}` → value (a line that does not parse fails the test).
+async fn scrape(app: &TestApp, admin: &str) -> std::collections::BTreeMap<String, f64> {
+    let res = reqwest::Client::new()
+        .get(format!(
+            "{}/api/monitoring/metrics?format=prometheus",
+            app.base
+        ))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let kind = res.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    let text = res.text().await.unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let mut samples = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            assert!(
+                line.starts_with("# HELP ")
+                    || line.starts_with("# TYPE ")
+                    || line.starts_with("# UNIT ")
+                    || line == "# EOF",
+                "{line}"
+            );
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.starts_with("klubz_")
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line}"
+        );
+        if series.contains('{') {
+            assert!(series.ends_with('}'), "{line}");
+        }
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+        samples.insert(series.to_string(), value);
+    }
+    samples
+}
+
+pub async fn prometheus_metrics_parse_and_move_with_their_cause(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_, booking) = fixture(&app, true).await;
+    let admin = token("admin", Role::Admin, Some("org-a"));
+    let before = scrape(&app, &admin).await;
+    let forged = r#"klubz_security_total{signal="signature_failures"}"#;
+    let (status, _) = app.post_raw(b"{}".to_vec(), Some("t=1,v1=00".into())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let after = scrape(&app, &admin).await;
+    assert_eq!(
+        after.get(forged).copied().unwrap_or(0.0) - before.get(forged).copied().unwrap_or(0.0),
+        1.0,
+        "one forged webhook, one more signature failure"
+    );
+    // Counters and gauges of the rest of the engine are there.
+    for name in [
+        "klubz_http_requests_total",
+        "klubz_outbox_depth",
+        "klubz_outbox_oldest_pending_age_seconds",
+        "klubz_side_effects_paused",
+        "klubz_writer_queue_depth",
+        "klubz_writer_batch_size_count",
+        "klubz_writer_commit_seconds_count",
+        "klubz_http_request_duration_seconds_count",
+    ] {
+        assert!(after.contains_key(name), "{name} missing: {after:?}");
+    }
+    assert!(
+        after["klubz_writer_batch_size_count"] >= 1.0,
+        "the fixture's writes were batches"
+    );
+    assert!(
+        after
+            .keys()
+            .any(|k| k.starts_with("klubz_events{") && k.contains("BookingRequested")),
+        "{after:?}"
+    );
+    let _ = booking;
+    // JSON stays the default.
+    let (status, json_body, _) = app
+        .call(Method::GET, "/api/monitoring/metrics", Some(&admin), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(json_body["requests"].is_u64(), "{json_body}");
+}
+
 pub async fn production_without_stripe_key_refuses_intents(backend: Backend) {
     let app = spawn_app_with(backend, &[("ENVIRONMENT", "production")]).await;
     let (_, booking) = fixture(&app, true).await;
@@ -1257,4 +1348,5 @@ on_both_backends!(api:
     stripe_gateway_speaks_stripe_and_recovers,
     stripe_timeout_is_recovered_by_the_next_call,
     production_without_stripe_key_refuses_intents,
+    prometheus_metrics_parse_and_move_with_their_cause,
 );
