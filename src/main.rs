@@ -20,9 +20,28 @@ struct Cli {
     command: Cmd,
 }
 
+/// `serve --help`: the configuration it reads (docs/CONFIGURATION.md has
+/// every detail).
+const SERVE_ENV: &str = "Configuration (environment variables; docs/CONFIGURATION.md):
+  DATABASE_URL            sqlite://PATH or postgres://USER@HOST:PORT/DB [default: sqlite://klubz-ledger.db]
+  BIND_ADDR               [default: 127.0.0.1:8787]
+  ENVIRONMENT             development | staging | production [default: development]
+  JWT_SECRET              >= 32 bytes; required in production (else generated into klubz-ledger.secrets)
+  ENCRYPTION_KEY          64 hex characters; required in production (else generated)
+  STRIPE_WEBHOOK_SECRET   whsec_..., comma-separated for rotation; required in production (else generated)
+  STRIPE_SECRET_KEY       required in production; unset elsewhere: the offline development gateway
+  STRIPE_API_BASE         [default: https://api.stripe.com]
+  STRIPE_LIVEMODE         true | false [default: true in production, else false]
+  WEBHOOK_TOLERANCE_SECS  [default: 300]
+  NOTIFY_URL              where side-effect messages are POSTed; unset: they wait in the outbox
+  NOTIFY_SECRET           signs them; >= 32 bytes, required with NOTIFY_URL in production
+  LOG_FORMAT              json | pretty [default: json]
+  RUST_LOG                log filter [default: info]";
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the HTTP server on BIND_ADDR (migrates first).
+    #[command(after_help = SERVE_ENV)]
     Serve,
     /// Print a valid Stripe-Signature header for FILE's bytes, signed now
     /// with the configured webhook secret (which is never printed).

@@ -163,8 +163,36 @@ pub(crate) fn read_response(body: serde_json::Value, seq: i64) -> Response {
     response
 }
 
+/// `GET /`: what this is and where to go next (public, no secrets).
+async fn root() -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "service": "klubz-ledger",
+        "version": env!("CARGO_PKG_VERSION"),
+        "health": "/health",
+        "webhook": "/api/payments/webhook",
+        "docs": "docs/API.md in the repository: every route, who may call it, request and response shapes, error codes",
+    }))
+}
+
+/// Routes that exist only in builds with the `test-routes` feature (the
+/// test suite's): a handler that panics, to prove a panic is answered 500
+/// `INTERNAL_ERROR`, logged once as `unhandled`, and the server goes on.
+#[cfg(feature = "test-routes")]
+fn test_routes(router: Router<AppState>) -> Router<AppState> {
+    async fn panics() -> Json<serde_json::Value> {
+        panic!("deliberate panic from the test-routes feature")
+    }
+    router.route("/__test/panic", get(panics))
+}
+
+#[cfg(not(feature = "test-routes"))]
+fn test_routes(router: Router<AppState>) -> Router<AppState> {
+    router
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    test_routes(Router::new())
+        .route("/", get(root))
         .route("/health", get(health::health))
         .route("/api/payments/webhook", post(webhook::receive))
         .merge(trips::router())

@@ -102,6 +102,16 @@ impl PgStore {
             opts.get_port(),
             opts.get_database().unwrap_or_default()
         );
+        // One plain connection first: a refused or unknown host fails at
+        // once with its own message, instead of the pool retrying it in
+        // silence until its acquire timeout.
+        {
+            use sqlx::Connection;
+            let probe = sqlx::PgConnection::connect_with(&opts).await.map_err(|e| {
+                StoreError::Unavailable(format!("cannot connect to PostgreSQL at {place}: {e}"))
+            })?;
+            let _ = probe.close().await;
+        }
         PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))

@@ -60,12 +60,9 @@ impl SqliteStore {
         busy_timeout: Duration,
     ) -> Result<Self, StoreError> {
         let opts = options(url, busy_timeout)?;
-        let mut conn = SqliteConnection::connect_with(&opts).await.map_err(|e| {
-            StoreError::Unavailable(format!(
-                "cannot open the SQLite database {}: {e}",
-                opts.get_filename().display()
-            ))
-        })?;
+        let mut conn = SqliteConnection::connect_with(&opts)
+            .await
+            .map_err(|e| open_error(&opts, e))?;
         migrator(Dialect::Sqlite).run(&mut conn).await?;
         let ours = chain_key.check_value();
         sqlx::query(super::KEY_CHECK_INSERT)
@@ -100,7 +97,10 @@ impl SqliteStore {
 
     /// Applies pending migrations and returns.
     pub async fn migrate(url: &str) -> Result<(), StoreError> {
-        let mut conn = SqliteConnection::connect_with(&options(url, BUSY_TIMEOUT)?).await?;
+        let opts = options(url, BUSY_TIMEOUT)?;
+        let mut conn = SqliteConnection::connect_with(&opts)
+            .await
+            .map_err(|e| open_error(&opts, e))?;
         migrator(Dialect::Sqlite).run(&mut conn).await?;
         conn.close().await?;
         Ok(())
@@ -110,6 +110,14 @@ impl SqliteStore {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+}
+
+/// The database could not be opened: said once, with its path.
+fn open_error(opts: &SqliteConnectOptions, e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(format!(
+        "cannot open the SQLite database {}: {e}",
+        opts.get_filename().display()
+    ))
 }
 
 /// A time as SQLite stores it.

@@ -333,6 +333,64 @@ fn production_serve_refuses_without_the_stripe_secrets_it_needs() {
     assert!(!dir.path().join("p.db").exists(), "refused before opening");
 }
 
+/// A database that cannot be opened is named once, with its path or host,
+/// and a closed PostgreSQL port fails at once.
+#[test]
+fn an_unreachable_database_is_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir").join("x.db");
+    let url = format!("sqlite://{}", missing.display());
+    let out = ledger(dir.path(), &["migrate"], &[("DATABASE_URL", url.as_str())]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        err.matches(&*missing.display().to_string()).count(),
+        1,
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("unable to open database file").count(),
+        1,
+        "{err}"
+    );
+    let started = std::time::Instant::now();
+    let out = ledger(
+        dir.path(),
+        &["migrate"],
+        &[("DATABASE_URL", "postgres://postgres@127.0.0.1:1/klubz")],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains("cannot connect to PostgreSQL at 127.0.0.1:1/klubz"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // Not a timing assertion on speed: a refused port must not wait for the
+    // pool's 5 s acquire timeout.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_help_lists_the_configuration_with_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ledger(dir.path(), &["serve", "--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout).to_string();
+    for needle in [
+        "DATABASE_URL",
+        "[default: sqlite://klubz-ledger.db]",
+        "[default: 127.0.0.1:8787]",
+        "STRIPE_WEBHOOK_SECRET",
+        "NOTIFY_URL",
+    ] {
+        assert!(help.contains(needle), "{needle} missing:\n{help}");
+    }
+}
+
 /// A `klubz-ledger serve` child process and its captured stdout.
 struct Server {
     child: tokio::process::Child,
@@ -467,6 +525,125 @@ async fn serve_logs_follow_the_contract_and_never_leak_secrets_signatures_or_pii
     assert!(handled
         .iter()
         .any(|l| l.contains("WEBHOOK_SIGNATURE_INVALID") && l.contains("\"status\":400")));
+}
+
+/// A real `serve` through bad tokens, a valid one, a forged webhook and a
+/// deliberate panic (a route only the test build has): the panic is a 500
+/// `INTERNAL_ERROR` and one `unhandled` line, the server goes on serving,
+/// every stdout line is JSON with its `type`, and no line holds a secret or
+/// a bearer token.
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "test-routes"),
+    ignore = "needs the test-routes feature (.ci/test enables it)"
+)]
+async fn a_panic_is_one_500_and_one_unhandled_line_and_nothing_secret_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = "n".repeat(40);
+    let server = start_server(
+        dir.path(),
+        &[
+            ("STRIPE_WEBHOOK_SECRET", CLI_SECRET),
+            ("NOTIFY_URL", "http://127.0.0.1:9/"),
+            ("NOTIFY_SECRET", notify.as_str()),
+        ],
+    )
+    .await;
+    let secrets = std::fs::read_to_string(dir.path().join("klubz-ledger.secrets")).unwrap();
+    let secret = |name: &str| {
+        secrets
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap()
+            .to_string()
+    };
+    let (jwt, key) = (secret("JWT_SECRET"), secret("ENCRYPTION_KEY"));
+    let token = klubz_ledger::auth::mint(
+        &jwt,
+        "rider-log",
+        klubz_ledger::auth::Role::User,
+        Some("org-log"),
+        chrono::Utc::now().timestamp(),
+        600,
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let get = |path: &str, bearer: Option<&str>| {
+        let mut req = client.get(format!("{}{path}", server.base));
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        req.send()
+    };
+    assert_eq!(
+        get("/api/trips/1", Some("not-a-token"))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        get("/api/trips/1", Some(&format!("{token}x")))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        get("/api/trips/1", Some(&token)).await.unwrap().status(),
+        404
+    );
+    let panic = get("/__test/panic", None).await.unwrap();
+    assert_eq!(panic.status(), 500);
+    let answer: serde_json::Value = panic.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "INTERNAL_ERROR", "{answer}");
+    // Still serving.
+    assert_eq!(get("/health", None).await.unwrap().status(), 200);
+    assert_eq!(get("/", None).await.unwrap().status(), 200);
+
+    let lines = server.stop().await;
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+        if v["requestId"].is_string() && v["status"].is_number() {
+            assert!(
+                v["type"].is_string(),
+                "an HTTP line without its type: {line}"
+            );
+        }
+    }
+    let all = lines.join("\n");
+    let listening = lines
+        .iter()
+        .find(|l| l.contains("klubz-ledger listening"))
+        .unwrap();
+    assert!(
+        listening.contains("SQLite file") && listening.contains("klubz-ledger.db"),
+        "serve says which database it opened: {listening}"
+    );
+    assert!(
+        listening.contains("klubz-ledger.secrets"),
+        "and where secrets come from: {listening}"
+    );
+    for (what, value) in [
+        ("the JWT secret", jwt.as_str()),
+        ("the encryption key", key.as_str()),
+        ("the webhook secret", CLI_SECRET),
+        ("the notify secret", notify.as_str()),
+        ("a bearer token", token.as_str()),
+    ] {
+        assert!(!all.contains(value), "{what} was logged");
+    }
+    let unhandled: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains("\"type\":\"unhandled\""))
+        .collect();
+    assert_eq!(unhandled.len(), 1, "{unhandled:?}");
+    assert!(unhandled[0].contains("/__test/panic") && unhandled[0].contains("\"status\":500"));
 }
 
 #[tokio::test]
