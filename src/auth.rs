@@ -92,7 +92,20 @@ pub enum TokenError {
     Expired,
     #[error("token is not a valid access token")]
     Invalid,
+    #[error("token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("token is issued in the future (iat)")]
+    IssuedInTheFuture,
+    #[error("token lives longer than the 7-day maximum")]
+    TooLong,
 }
+
+/// The longest a token may live (`exp - iat`): a stolen token stops
+/// working within a week whoever minted it.
+pub const MAX_TOKEN_LIFETIME_SECS: i64 = 7 * 24 * 3600;
+
+/// How far a token's `iat` may be ahead of our clock.
+const MAX_CLOCK_SKEW_SECS: i64 = 60;
 
 /// Signs a token (the `token` command).
 pub fn mint(
@@ -129,6 +142,7 @@ pub fn verify(secret: &str, token: &str) -> Result<Caller, TokenError> {
     // `sub` is required by `Claims` itself; the library only accepts string subjects.
     validation.set_required_spec_claims(&["exp"]);
     validation.leeway = 0;
+    validation.validate_nbf = true;
     let data = decode::<Claims>(
         token,
         &DecodingKey::from_secret(secret.as_bytes()),
@@ -136,9 +150,16 @@ pub fn verify(secret: &str, token: &str) -> Result<Caller, TokenError> {
     )
     .map_err(|e| match e.kind() {
         jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+        jsonwebtoken::errors::ErrorKind::ImmatureSignature => TokenError::NotYetValid,
         _ => TokenError::Invalid,
     })?;
     let claims = data.claims;
+    if claims.iat > chrono::Utc::now().timestamp() + MAX_CLOCK_SKEW_SECS {
+        return Err(TokenError::IssuedInTheFuture);
+    }
+    if claims.exp.saturating_sub(claims.iat) > MAX_TOKEN_LIFETIME_SECS {
+        return Err(TokenError::TooLong);
+    }
     if claims.kind != "access" {
         return Err(TokenError::Invalid);
     }
@@ -181,6 +202,44 @@ mod tests {
     use super::*;
 
     const SECRET: &str = "unit-test-jwt-secret-0123456789abcdef";
+
+    #[test]
+    fn nbf_future_iat_and_overlong_lifetimes_are_refused() {
+        let now = chrono::Utc::now().timestamp();
+        let later = mint(SECRET, "42", Role::User, None, now + 3600, 600).unwrap_or_default();
+        assert_eq!(verify(SECRET, &later), Err(TokenError::IssuedInTheFuture));
+        let long = mint(
+            SECRET,
+            "42",
+            Role::User,
+            None,
+            now,
+            MAX_TOKEN_LIFETIME_SECS + 1,
+        )
+        .unwrap_or_default();
+        assert_eq!(verify(SECRET, &long), Err(TokenError::TooLong));
+        let week =
+            mint(SECRET, "42", Role::User, None, now, MAX_TOKEN_LIFETIME_SECS).unwrap_or_default();
+        assert!(verify(SECRET, &week).is_ok());
+        let claims = serde_json::json!({"sub": "42", "role": "user", "exp": now + 600,
+            "iat": now, "nbf": now + 300, "type": "access"});
+        let not_yet = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap_or_default();
+        assert_eq!(verify(SECRET, &not_yet), Err(TokenError::NotYetValid));
+        let mut ok = claims.clone();
+        ok["nbf"] = serde_json::json!(now - 1);
+        let ok = encode(
+            &Header::new(Algorithm::HS256),
+            &ok,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap_or_default();
+        assert!(verify(SECRET, &ok).is_ok());
+    }
 
     #[test]
     fn minted_tokens_verify() {

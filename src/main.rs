@@ -337,6 +337,10 @@ fn token(
     let ttl =
         klubz_ledger::auth::parse_ttl(ttl).context("--ttl must look like 90s, 15m, 1h or 2d")?;
     anyhow::ensure!(
+        ttl <= klubz_ledger::auth::MAX_TOKEN_LIFETIME_SECS,
+        "--ttl must be at most 7d (the longest a token may live)"
+    );
+    anyhow::ensure!(
         !sub.is_empty() && sub.len() <= 128,
         "--sub must be 1 to 128 characters"
     );

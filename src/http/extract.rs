@@ -17,12 +17,11 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
+        // The scheme is case-insensitive (RFC 9110): `Bearer`, `bearer`, `BEARER`.
         let token = header
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim);
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
         let result = match token {
             None | Some("") => Err(TokenError::Missing),
             Some(t) => auth::verify(state.config.jwt_secret.expose(), t),

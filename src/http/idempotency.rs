@@ -80,6 +80,11 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = WriteResult>,
 {
+    // Two keys are ambiguous: which request would a retry repeat?
+    if headers.get_all(HEADER).iter().nth(1).is_some() {
+        return ApiError::validation("send one Idempotency-Key header, not several")
+            .into_response();
+    }
     let Some(raw_key) = headers.get(HEADER) else {
         return respond(serialize(handler().await));
     };

@@ -1306,6 +1306,42 @@ pub async fn prometheus_metrics_parse_and_move_with_their_cause(backend: Backend
     assert!(json_body["requests"].is_u64(), "{json_body}");
 }
 
+/// The bearer scheme is case-insensitive; two `Idempotency-Key` headers
+/// are refused (400) and create nothing.
+pub async fn bearer_scheme_any_case_and_one_idempotency_key(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let driver = token("u-driver", Role::User, Some("org-a"));
+    let trip = json!({"title": "t", "seats": 2, "pricePerSeatCents": 1000,
+        "currency": "zar", "departureTime": "2030-01-01T08:00:00Z"});
+    for scheme in ["BEARER", "bearer", "Bearer"] {
+        let (status, body, _) = app
+            .call_with(
+                Method::GET,
+                "/api/monitoring/sla",
+                None,
+                None,
+                &[("authorization", format!("{scheme} {driver}").as_str())],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{scheme}: {body}");
+    }
+    let (status, body, _) = app
+        .call_with(
+            Method::POST,
+            "/api/trips",
+            Some(&driver),
+            Some(trip),
+            &[("idempotency-key", "k-1"), ("idempotency-key", "k-2")],
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!("VALIDATION_ERROR")),
+        "{body}"
+    );
+    assert_eq!(app.db.store.head_seq().await.unwrap(), 0, "nothing stored");
+}
+
 pub async fn production_without_stripe_key_refuses_intents(backend: Backend) {
     let app = spawn_app_with(backend, &[("ENVIRONMENT", "production")]).await;
     let (_, booking) = fixture(&app, true).await;
@@ -1349,4 +1385,5 @@ on_both_backends!(api:
     stripe_timeout_is_recovered_by_the_next_call,
     production_without_stripe_key_refuses_intents,
     prometheus_metrics_parse_and_move_with_their_cause,
+    bearer_scheme_any_case_and_one_idempotency_key,
 );
