@@ -155,7 +155,8 @@ pub struct Metrics {
     started: Instant,
     counters: Mutex<BTreeMap<String, u64>>,
     latencies_ms: Mutex<VecDeque<f64>>,
-    prom: Mutex<Prom>,
+    /// Registered once at construction; its metrics synchronise themselves.
+    prom: Prom,
 }
 
 impl Default for Metrics {
@@ -164,7 +165,7 @@ impl Default for Metrics {
             started: Instant::now(),
             counters: Mutex::new(BTreeMap::new()),
             latencies_ms: Mutex::new(VecDeque::with_capacity(LATENCY_WINDOW)),
-            prom: Mutex::new(Prom::default()),
+            prom: Prom::default(),
         }
     }
 }
@@ -172,9 +173,9 @@ impl Default for Metrics {
 impl Metrics {
     /// With the writer's histograms (batch size, commit time) registered.
     pub fn with_writer(writer: &WriterStats) -> Self {
-        let m = Self::default();
-        if let Ok(mut p) = m.prom.lock() {
-            let r = p.registry.sub_registry_with_prefix("klubz");
+        let mut m = Self::default();
+        {
+            let r = m.prom.registry.sub_registry_with_prefix("klubz");
             r.register(
                 "writer_batch_size",
                 "Submissions committed per transaction",
@@ -193,7 +194,7 @@ impl Metrics {
         if let Ok(mut c) = self.counters.lock() {
             *c.entry(name.to_string()).or_default() += 1;
         }
-        let Ok(p) = self.prom.lock() else { return };
+        let p = &self.prom;
         match name.split_once('.') {
             Some(("http", "requests")) => {
                 p.requests.inc();
@@ -238,9 +239,7 @@ impl Metrics {
         writer: &WriterStats,
     ) -> String {
         let mut out = String::new();
-        let Ok(p) = self.prom.lock() else {
-            return out;
-        };
+        let p = &self.prom;
         for (kind, source, n) in &stats.events {
             let labels = vec![
                 ("kind".to_string(), kind.clone()),
@@ -299,9 +298,7 @@ impl Metrics {
     }
 
     pub fn record_latency(&self, ms: f64) {
-        if let Ok(p) = self.prom.lock() {
-            p.duration.observe(ms / 1000.0);
-        }
+        self.prom.duration.observe(ms / 1000.0);
         if let Ok(mut l) = self.latencies_ms.lock() {
             if l.len() == LATENCY_WINDOW {
                 l.pop_front();

@@ -82,12 +82,7 @@ impl SqliteStore {
         conn.close().await?;
         let path = opts.get_filename().to_path_buf();
         let config = WriterConfig { path, busy_timeout };
-        let writer_conn = config.open().map_err(|e| {
-            StoreError::Unavailable(format!(
-                "cannot open the SQLite database {}: {e}",
-                config.path.display()
-            ))
-        })?;
+        let writer_conn = config.open()?;
         let runner = Arc::new(SqliteWriter::start(config, writer_conn, chain_key)?);
         Ok(Self {
             pool,
@@ -112,12 +107,8 @@ impl SqliteStore {
     }
 }
 
-/// The database could not be opened: said once, with its path.
 fn open_error(opts: &SqliteConnectOptions, e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(format!(
-        "cannot open the SQLite database {}: {e}",
-        opts.get_filename().display()
-    ))
+    super::sqlite_writer::cannot_open(opts.get_filename(), e)
 }
 
 /// A time as SQLite stores it.

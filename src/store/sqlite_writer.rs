@@ -47,8 +47,20 @@ pub(crate) struct WriterConfig {
     pub busy_timeout: Duration,
 }
 
+/// The SQLite file could not be opened: said once, with its path.
+pub(crate) fn cannot_open(path: &std::path::Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!(
+        "cannot open the SQLite database {}: {e}",
+        path.display()
+    ))
+}
+
 impl WriterConfig {
-    pub fn open(&self) -> Result<Connection, rusqlite::Error> {
+    pub fn open(&self) -> Result<Connection, StoreError> {
+        self.try_open().map_err(|e| cannot_open(&self.path, e))
+    }
+
+    fn try_open(&self) -> Result<Connection, rusqlite::Error> {
         let conn = Connection::open_with_flags(
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -106,7 +118,7 @@ struct Batch {
 
 /// The tokio side: sends each batch to the thread and waits for its answer.
 pub(crate) struct SqliteWriter {
-    batches: std::sync::Mutex<mpsc::Sender<Batch>>,
+    batches: mpsc::Sender<Batch>,
     /// Dropped with the writer: stops the checkpointer.
     _checkpoints: mpsc::Sender<()>,
 }
@@ -132,7 +144,7 @@ impl SqliteWriter {
             .spawn(move || writer_thread(config, Some(conn), chain_key, rx))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the SQLite writer: {e}")))?;
         Ok(Self {
-            batches: std::sync::Mutex::new(tx),
+            batches: tx,
             _checkpoints: stop,
         })
     }
@@ -142,16 +154,11 @@ impl SqliteWriter {
 impl BatchRunner for SqliteWriter {
     async fn run(&self, subs: &[Submission]) -> Result<Vec<JobResult>, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let sent = match self.batches.lock() {
-            Ok(batches) => batches
-                .send(Batch {
-                    subs: subs.to_vec(),
-                    reply,
-                })
-                .is_ok(),
-            Err(_) => false,
+        let batch = Batch {
+            subs: subs.to_vec(),
+            reply,
         };
-        if !sent {
+        if self.batches.send(batch).is_err() {
             return Err(StoreError::Unavailable(
                 "the SQLite writer thread has stopped".into(),
             ));
@@ -184,12 +191,7 @@ fn run_on(
     chain_key: &ChainKey,
 ) -> Result<Vec<JobResult>, StoreError> {
     if conn.is_none() {
-        *conn = Some(config.open().map_err(|e| {
-            StoreError::Unavailable(format!(
-                "cannot open the SQLite database {}: {e}",
-                config.path.display()
-            ))
-        })?);
+        *conn = Some(config.open()?);
     }
     let Some(c) = conn.as_mut() else {
         return Err(StoreError::Unavailable("no SQLite connection".into()));
