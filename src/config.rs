@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub const SECRETS_FILE: &str = "klubz-ledger.secrets";
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://klubz-ledger.db";
@@ -71,6 +72,81 @@ pub struct Config {
     /// Secrets generated into the secrets file by this load (to warn about).
     pub generated: Vec<&'static str>,
     pub secrets_file: Option<PathBuf>,
+    pub limits: Limits,
+}
+
+/// Timeouts and caps of the HTTP server and the database pools: every
+/// wait has an end and every resource a bound (docs/CONFIGURATION.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// `REQUEST_TIMEOUT_MS`: a request's deadline, headers to response.
+    pub request_timeout: Duration,
+    /// `HEADER_READ_TIMEOUT_MS`: a request's headers must arrive within it
+    /// (also how long an idle keep-alive connection is kept).
+    pub header_read_timeout: Duration,
+    /// `BODY_READ_TIMEOUT_MS`: a request's body must arrive within it.
+    pub body_read_timeout: Duration,
+    /// `MAX_CONNECTIONS`: open client connections; more wait to be accepted.
+    pub max_connections: usize,
+    /// `MAX_IN_FLIGHT`: requests being handled; more get 503 at once.
+    pub max_in_flight: usize,
+    /// `DB_ACQUIRE_TIMEOUT_MS`: waiting for a pooled database connection.
+    pub db_acquire_timeout: Duration,
+    /// `DB_STATEMENT_TIMEOUT_MS`: one statement (PostgreSQL
+    /// `statement_timeout`, SQLite's busy wait).
+    pub db_statement_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            max_in_flight: 1024,
+            db_acquire_timeout: Duration::from_millis(1000),
+            db_statement_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Limits {
+    fn load(get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let millis = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+            match get(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (1..=3_600_000).contains(n))
+                    .map(Duration::from_millis)
+                    .ok_or_else(|| err(name, "must be milliseconds, 1 to 3600000")),
+            }
+        };
+        let count = |name: &'static str, default: usize| -> Result<usize, ConfigError> {
+            match get(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or_else(|| err(name, "must be an integer, 1 to 1000000")),
+            }
+        };
+        Ok(Self {
+            request_timeout: millis("REQUEST_TIMEOUT_MS", d.request_timeout)?,
+            header_read_timeout: millis("HEADER_READ_TIMEOUT_MS", d.header_read_timeout)?,
+            body_read_timeout: millis("BODY_READ_TIMEOUT_MS", d.body_read_timeout)?,
+            max_connections: count("MAX_CONNECTIONS", d.max_connections)?,
+            max_in_flight: count("MAX_IN_FLIGHT", d.max_in_flight)?,
+            db_acquire_timeout: millis("DB_ACQUIRE_TIMEOUT_MS", d.db_acquire_timeout)?,
+            db_statement_timeout: millis("DB_STATEMENT_TIMEOUT_MS", d.db_statement_timeout)?,
+        })
+    }
 }
 
 /// Names the variable and the problem, never the value.
@@ -251,11 +327,21 @@ impl Config {
             notify_schedule: crate::dispatch::SCHEDULE.to_vec(),
             secrets_file: (!production).then_some(secrets_path),
             generated,
+            limits: Limits::load(&get)?,
         })
     }
 }
 
 impl Config {
+    /// When a pending `Idempotency-Key` whose event never committed may be
+    /// taken over by a retry: after the request deadline, when its first
+    /// request has certainly ended (a late commit under its claim is
+    /// refused in any case).
+    pub fn key_abandoned_after(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.limits.request_timeout + Duration::from_secs(5))
+            .unwrap_or(chrono::Duration::minutes(5))
+    }
+
     /// What `serve` needs beyond what every command needs: in production,
     /// the secrets without which it cannot do its job (verify webhooks,
     /// create payment intents). Elsewhere a throwaway webhook secret and the

@@ -38,7 +38,7 @@ async fn request(
     RawBody(body): RawBody,
 ) -> Response {
     let route = format!("POST /api/trips/{trip_id}/bookings");
-    idempotency::write(&state, &caller, &route, &headers, &body, || async {
+    idempotency::write(&state, &caller, &route, &headers, &body, |claim| async {
         let trip_id = numeric_id(&trip_id, "tripId")?;
         let trip = super::load_trip(&state, &trip_id).await?;
         require(can_view_trip(&caller, &trip), "book this trip")?;
@@ -53,6 +53,7 @@ async fn request(
                 user_id: caller.user_id.clone(),
                 passengers: req.passengers,
             }),
+            claim,
         )
         .await?;
         let booking = super::load_booking(&state, &booking_id).await?;
@@ -86,7 +87,7 @@ async fn decide_booking(
         Decision::Cancel => "cancel",
     };
     let route = format!("POST /api/bookings/{booking_id}/{verb}");
-    idempotency::write(&state, &caller, &route, &headers, &body, || async {
+    idempotency::write(&state, &caller, &route, &headers, &body, |claim| async {
         let booking_id = numeric_id(&booking_id, "bookingId")?;
         // No body is needed; one that is sent must be an empty object.
         if !body.iter().all(u8::is_ascii_whitespace) {
@@ -129,7 +130,7 @@ async fn decide_booking(
                 actor,
             },
         };
-        let done = super::submit(&state, command).await?;
+        let done = super::submit(&state, command, claim).await?;
         if done.duplicate {
             // A concurrent request made this decision first.
             return Err(ApiError::conflict(format!("booking was already {verb}ed")));

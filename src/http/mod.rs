@@ -95,11 +95,16 @@ pub(crate) fn submission(command: Command) -> Submission {
     Submission::new(command, Source::Api, crate::store::now())
 }
 
-/// Records a command; domain refusals and storage errors become API errors.
-pub(crate) async fn submit(state: &AppState, command: Command) -> Result<Submitted, ApiError> {
+/// Records a command under the request's `Idempotency-Key` claim; domain
+/// refusals and storage errors become API errors.
+pub(crate) async fn submit(
+    state: &AppState,
+    command: Command,
+    claim: Option<crate::store::ApiClaim>,
+) -> Result<Submitted, ApiError> {
     state
         .store
-        .submit(submission(command))
+        .submit(submission(command).with_api_claim(claim))
         .await
         .map_err(submit_error)
 }
@@ -116,6 +121,7 @@ pub(crate) fn submit_error(e: SubmitError) -> ApiError {
         SubmitError::IdempotencyConflict { .. } | SubmitError::VersionConflict { .. } => {
             ApiError::conflict(e.to_string())
         }
+        SubmitError::ClaimLost => ApiError::idempotency_conflict(e.to_string()),
         SubmitError::Store(e) => store_error(e),
     }
 }

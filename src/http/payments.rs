@@ -14,9 +14,10 @@ use super::idempotency::{self, Written};
 use super::{ApiError, AppState};
 use crate::auth::Caller;
 use crate::domain::decide::BindPaymentIntent;
+use crate::domain::events::PaymentIntentBound;
 use crate::domain::money::fare;
 use crate::domain::table::accepts_new_intent;
-use crate::domain::{BookingStatus, Command, Currency, DomainError, PaymentStatus};
+use crate::domain::{BookingStatus, Cents, Command, Currency, DomainError, PaymentStatus};
 use crate::store::SubmitError;
 use crate::stripe::gateway::{GatewayError, IntentRequest};
 use axum::extract::State;
@@ -39,7 +40,7 @@ struct IntentBody {
     currency: String,
 }
 
-fn gateway_error(e: GatewayError) -> ApiError {
+pub(super) fn gateway_error(e: GatewayError) -> ApiError {
     tracing::warn!(error = %e, "payment gateway");
     match e {
         GatewayError::Refused(m) => ApiError::payment_gateway(m),
@@ -59,7 +60,7 @@ async fn intent(
         "POST /api/payments/intent",
         &headers,
         &body,
-        || async {
+        |claim| async {
             let req: IntentBody = parse_json(&body)?;
             let booking_id = numeric_id(&req.booking_id, "bookingId")?;
             if req.amount_cents <= 0 {
@@ -98,17 +99,7 @@ async fn intent(
                 ));
             };
             let answer = |pi: &str, secret: String, replay: bool| {
-                let mut body = json!({
-                    "bookingId": booking_id,
-                    "paymentIntentId": pi,
-                    "clientSecret": secret,
-                    "amountCents": expected,
-                    "currency": trip.currency.as_str(),
-                });
-                if replay {
-                    body["replay"] = json!(true);
-                }
-                body
+                intent_body(&booking_id, pi, &secret, expected, &trip.currency, replay)
             };
             if matches!(
                 booking.payment_status,
@@ -148,7 +139,11 @@ async fn intent(
                 amount_cents: expected,
                 currency: trip.currency.clone(),
             });
-            match state.store.submit(super::submission(bind)).await {
+            match state
+                .store
+                .submit(super::submission(bind).with_api_claim(claim))
+                .await
+            {
                 Ok(done) => Ok(Written::new(
                     StatusCode::OK,
                     answer(
@@ -175,4 +170,42 @@ async fn intent(
         },
     )
     .await
+}
+
+/// The intent route's answer.
+fn intent_body(
+    booking_id: &str,
+    payment_intent_id: &str,
+    client_secret: &str,
+    amount: Cents,
+    currency: &Currency,
+    replay: bool,
+) -> serde_json::Value {
+    let mut body = json!({
+        "bookingId": booking_id,
+        "paymentIntentId": payment_intent_id,
+        "clientSecret": client_secret,
+        "amountCents": amount,
+        "currency": currency.as_str(),
+    });
+    if replay {
+        body["replay"] = json!(true);
+    }
+    body
+}
+
+/// The answer for a binding read back from the log.
+pub(super) fn intent_answer(
+    bound: &PaymentIntentBound,
+    client_secret: String,
+    replay: bool,
+) -> serde_json::Value {
+    intent_body(
+        &bound.booking_id,
+        &bound.payment_intent_id,
+        &client_secret,
+        bound.amount_cents,
+        &bound.currency,
+        replay,
+    )
 }

@@ -45,7 +45,7 @@ async fn publish(
         "POST /api/trips",
         &headers,
         &body,
-        || async {
+        |claim| async {
             require_user(&caller, "publish trips")?;
             let req: NewTrip = parse_json(&body)?;
             let currency = Currency::parse(&req.currency)
@@ -63,6 +63,7 @@ async fn publish(
                     currency,
                     departure_time: req.departure_time,
                 }),
+                claim,
             )
             .await?;
             let trip = super::load_trip(&state, &trip_id).await?;

@@ -232,23 +232,28 @@ macro_rules! impl_event_store {
                 scope: &str,
                 key: &str,
                 fingerprint: &str,
+                abandon_after: chrono::Duration,
             ) -> Result<IdempotencyBegin, StoreError> {
                 let now = now();
+                // Abandoned keys (pending, nothing committed) go first, so
+                // the insert below can claim them.
                 sqlx::query($crate::store::sql::IDEMPOTENCY_PURGE)
                     .bind(db_time(now - $crate::store::IDEMPOTENCY_RETENTION))
-                    .bind(db_time(now - $crate::store::IDEMPOTENCY_ABANDONED))
+                    .bind(db_time(now - abandon_after))
                     .execute(&self.pool)
                     .await?;
+                let claim = uuid::Uuid::new_v4().to_string();
                 let claimed = sqlx::query($crate::store::sql::IDEMPOTENCY_CLAIM)
                     .bind(scope)
                     .bind(key)
                     .bind(fingerprint)
                     .bind(db_time(now))
+                    .bind(&claim)
                     .execute(&self.pool)
                     .await?
                     .rows_affected();
                 if claimed == 1 {
-                    return Ok(IdempotencyBegin::Owned);
+                    return Ok(IdempotencyBegin::Owned { claim });
                 }
                 let row = sqlx::query($crate::store::sql::IDEMPOTENCY_READ)
                     .bind(scope)
@@ -257,10 +262,12 @@ macro_rules! impl_event_store {
                     .await?;
                 let Some(row) = row else {
                     // Purged between the two statements: claim it again.
-                    return Box::pin(self.idempotency_begin(scope, key, fingerprint)).await;
+                    return Box::pin(self.idempotency_begin(scope, key, fingerprint, abandon_after))
+                        .await;
                 };
                 let fingerprint: String = row.try_get("fingerprint")?;
                 let state: String = row.try_get("state")?;
+                let seq: Option<i64> = row.try_get("seq")?;
                 Ok(if state == "done" {
                     IdempotencyBegin::Completed {
                         fingerprint,
@@ -269,6 +276,8 @@ macro_rules! impl_event_store {
                             .try_get::<Option<String>, _>("body")?
                             .unwrap_or_default(),
                     }
+                } else if let Some(seq) = seq.filter(|s| *s > 0) {
+                    IdempotencyBegin::Committed { fingerprint, seq }
                 } else {
                     IdempotencyBegin::InFlight { fingerprint }
                 })
@@ -291,10 +300,35 @@ macro_rules! impl_event_store {
                 Ok(())
             }
 
-            async fn idempotency_abandon(&self, scope: &str, key: &str) -> Result<(), StoreError> {
+            async fn idempotency_settle(
+                &self,
+                scope: &str,
+                key: &str,
+                seq: i64,
+                status: u16,
+                body: &str,
+            ) -> Result<(), StoreError> {
+                sqlx::query($crate::store::sql::IDEMPOTENCY_SETTLE)
+                    .bind(scope)
+                    .bind(key)
+                    .bind(seq)
+                    .bind(i32::from(status))
+                    .bind(body)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn idempotency_abandon(
+                &self,
+                scope: &str,
+                key: &str,
+                claim: &str,
+            ) -> Result<(), StoreError> {
                 sqlx::query($crate::store::sql::IDEMPOTENCY_ABANDON)
                     .bind(scope)
                     .bind(key)
+                    .bind(claim)
                     .execute(&self.pool)
                     .await?;
                 Ok(())

@@ -59,6 +59,21 @@ pub struct Submission {
     /// Projections to recompute from the log in the same transaction as
     /// this event (an operator's replay): all or nothing with it.
     pub rebuild: Option<Rebuild>,
+    /// The API `Idempotency-Key` this command runs under: its seq is
+    /// recorded on the key in the same transaction as the event, so a
+    /// crash between the commit and the stored response still replays.
+    pub api_claim: Option<ApiClaim>,
+}
+
+/// A request's hold on an `Idempotency-Key` row: `claim` is the token its
+/// [`IdempotencyKeys::idempotency_begin`] wrote. The event commits only
+/// while the row still carries that token and no seq (a retry that took
+/// over an abandoned key has replaced the token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiClaim {
+    pub scope: String,
+    pub key: String,
+    pub claim: String,
 }
 
 /// Bookings and trips whose projections a submission rebuilds.
@@ -78,7 +93,13 @@ impl Submission {
             idempotency_key: None,
             raw_payload: None,
             rebuild: None,
+            api_claim: None,
         }
+    }
+
+    pub fn with_api_claim(mut self, claim: Option<ApiClaim>) -> Self {
+        self.api_claim = claim;
+        self
     }
 
     pub fn with_rebuild(mut self, rebuild: Rebuild) -> Self {
@@ -126,6 +147,10 @@ pub enum SubmitError {
     /// The key was used before for a different request.
     #[error("idempotency key {key:?} was used for a different request")]
     IdempotencyConflict { key: String },
+    /// The `Idempotency-Key` this command ran under was taken over by a
+    /// retry (its first request was presumed dead): nothing was stored.
+    #[error("the Idempotency-Key was taken over by a retry of this request")]
+    ClaimLost,
     /// Optimistic concurrency: the stream moved.
     #[error("stream {stream} is at version {actual}, expected {expected}")]
     VersionConflict {
@@ -255,8 +280,11 @@ impl StripeRef {
 /// Where an `Idempotency-Key` stands when a request arrives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdempotencyBegin {
-    /// New: this request runs and records its response.
-    Owned,
+    /// New: this request runs (holding `claim`) and records its response.
+    Owned { claim: String },
+    /// The first request's event committed (at `seq`) but its response was
+    /// never recorded (the process died in between): answer from the log.
+    Committed { fingerprint: String, seq: i64 },
     /// A request with this key finished: its fingerprint and response.
     Completed {
         fingerprint: String,
@@ -267,9 +295,10 @@ pub enum IdempotencyBegin {
     InFlight { fingerprint: String },
 }
 
-/// How long keys are kept, and when a pending one counts as abandoned.
+/// How long keys are kept. A pending key counts as abandoned after the
+/// `abandon_after` its caller passes (the request deadline and a margin):
+/// no request of any process runs that long.
 pub const IDEMPOTENCY_RETENTION: chrono::Duration = chrono::Duration::hours(48);
-pub const IDEMPOTENCY_ABANDONED: chrono::Duration = chrono::Duration::minutes(5);
 
 /// Counts read from the database, for monitoring (they survive restarts).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -380,12 +409,14 @@ pub trait ReadModels: Send + Sync {
 #[async_trait]
 pub trait IdempotencyKeys: Send + Sync {
     /// Claims `key` in `scope` for a request with `fingerprint`, or reports
-    /// what an earlier request with that key did.
+    /// what an earlier request with that key did. A pending key older than
+    /// `abandon_after` whose event never committed is claimed anew.
     async fn idempotency_begin(
         &self,
         scope: &str,
         key: &str,
         fingerprint: &str,
+        abandon_after: chrono::Duration,
     ) -> Result<IdempotencyBegin, StoreError>;
 
     /// Records the response of the request that owns the key.
@@ -397,8 +428,25 @@ pub trait IdempotencyKeys: Send + Sync {
         body: &str,
     ) -> Result<(), StoreError>;
 
-    /// Releases a key whose request failed without an answer worth keeping.
-    async fn idempotency_abandon(&self, scope: &str, key: &str) -> Result<(), StoreError>;
+    /// Records the response of a key whose event committed at `seq` but
+    /// whose response was never recorded (answered from the log).
+    async fn idempotency_settle(
+        &self,
+        scope: &str,
+        key: &str,
+        seq: i64,
+        status: u16,
+        body: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Releases a key whose request failed without an answer worth keeping
+    /// and committed nothing, if `claim` still holds it.
+    async fn idempotency_abandon(
+        &self,
+        scope: &str,
+        key: &str,
+        claim: &str,
+    ) -> Result<(), StoreError>;
 }
 
 /// What operators set for every engine process: the side-effects pause.

@@ -15,7 +15,7 @@ use super::unit::{
 };
 use super::writer::{BatchRunner, Writer};
 use super::{
-    now, IdempotencyBegin, LedgerStats, StoreError, StoredEvent, StripeRef, Submission,
+    now, ApiClaim, IdempotencyBegin, LedgerStats, StoreError, StoredEvent, StripeRef, Submission,
     SubmitError, Submitted, TimelineEntry,
 };
 use crate::domain::{Cents, EventOutcome, TripState};
@@ -333,6 +333,36 @@ impl UnitTx for PgUnit {
         .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
         .execute(&mut *self.tx)
         .await?;
+        Ok(())
+    }
+
+    async fn take_api_claims(&mut self, claims: &[&ApiClaim]) -> Result<Vec<bool>, BatchError> {
+        let mut out = Vec::with_capacity(claims.len());
+        for c in claims {
+            let done = sqlx::query(super::sql::API_CLAIM_TAKE)
+                .bind(&c.scope)
+                .bind(&c.key)
+                .bind(&c.claim)
+                .execute(&mut *self.tx)
+                .await?;
+            out.push(done.rows_affected() == 1);
+        }
+        Ok(out)
+    }
+
+    async fn set_api_claims(
+        &mut self,
+        settled: &[(&ApiClaim, Option<i64>)],
+    ) -> Result<(), BatchError> {
+        for (c, seq) in settled {
+            sqlx::query(super::sql::API_CLAIM_SET)
+                .bind(seq)
+                .bind(&c.scope)
+                .bind(&c.key)
+                .bind(&c.claim)
+                .execute(&mut *self.tx)
+                .await?;
+        }
         Ok(())
     }
 

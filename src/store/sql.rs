@@ -41,13 +41,23 @@ pub(crate) const STATS_OUTBOX_OLDEST: &str =
 pub(crate) const BOOKINGS_OF_TRIP: &str =
     "SELECT * FROM trip_participants WHERE trip_id = $1 ORDER BY booking_id";
 pub(crate) const IDEMPOTENCY_PURGE: &str = "DELETE FROM idempotency_keys \
-    WHERE created_at < $1 OR (state = 'pending' AND created_at < $2)";
+    WHERE created_at < $1 OR (state = 'pending' AND seq IS NULL AND created_at < $2)";
 pub(crate) const IDEMPOTENCY_CLAIM: &str = "INSERT INTO idempotency_keys \
-    (scope, key, fingerprint, state, created_at) VALUES ($1, $2, $3, 'pending', $4) \
-    ON CONFLICT (scope, key) DO NOTHING";
-pub(crate) const IDEMPOTENCY_READ: &str = "SELECT fingerprint, state, status, body \
+    (scope, key, fingerprint, state, created_at, claim) \
+    VALUES ($1, $2, $3, 'pending', $4, $5) ON CONFLICT (scope, key) DO NOTHING";
+pub(crate) const IDEMPOTENCY_READ: &str = "SELECT fingerprint, state, status, body, seq \
     FROM idempotency_keys WHERE scope = $1 AND key = $2";
 pub(crate) const IDEMPOTENCY_FINISH: &str = "UPDATE idempotency_keys \
     SET state = 'done', status = $3, body = $4 WHERE scope = $1 AND key = $2";
-pub(crate) const IDEMPOTENCY_ABANDON: &str =
-    "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND state = 'pending'";
+pub(crate) const IDEMPOTENCY_SETTLE: &str = "UPDATE idempotency_keys \
+    SET state = 'done', status = $4, body = $5 \
+    WHERE scope = $1 AND key = $2 AND seq = $3 AND state = 'pending'";
+pub(crate) const IDEMPOTENCY_ABANDON: &str = "DELETE FROM idempotency_keys \
+    WHERE scope = $1 AND key = $2 AND claim = $3 AND state = 'pending' AND seq IS NULL";
+/// Inside a write transaction: the claim still holds the key and nothing
+/// committed under it. `seq = 0` marks it taken until the real seq is set
+/// (never visible outside the transaction).
+pub(crate) const API_CLAIM_TAKE: &str = "UPDATE idempotency_keys SET seq = 0 \
+    WHERE scope = $1 AND key = $2 AND claim = $3 AND state = 'pending' AND seq IS NULL";
+pub(crate) const API_CLAIM_SET: &str =
+    "UPDATE idempotency_keys SET seq = $1 WHERE scope = $2 AND key = $3 AND claim = $4";

@@ -23,7 +23,7 @@ use super::unit::{
     OutcomeRow, UnitTx,
 };
 use super::writer::BatchRunner;
-use super::{format_time, now, StoreError, StoredEvent, Submission};
+use super::{format_time, now, ApiClaim, StoreError, StoredEvent, Submission};
 use crate::domain::{Currency, TripState};
 use crate::projection::BookingView;
 use async_trait::async_trait;
@@ -400,6 +400,31 @@ impl UnitTx for Unit<'_> {
         )?;
         for (pi, booking, seq) in rows {
             stmt.execute(params![pi, booking, seq])?;
+        }
+        Ok(())
+    }
+
+    async fn take_api_claims(&mut self, claims: &[&ApiClaim]) -> Result<Vec<bool>, BatchError> {
+        let mut stmt = self.conn.prepare_cached(
+            "UPDATE idempotency_keys SET seq = 0 WHERE scope = ?1 AND key = ?2 AND claim = ?3 \
+             AND state = 'pending' AND seq IS NULL",
+        )?;
+        let mut out = Vec::with_capacity(claims.len());
+        for c in claims {
+            out.push(stmt.execute(params![c.scope, c.key, c.claim])? == 1);
+        }
+        Ok(out)
+    }
+
+    async fn set_api_claims(
+        &mut self,
+        settled: &[(&ApiClaim, Option<i64>)],
+    ) -> Result<(), BatchError> {
+        let mut stmt = self.conn.prepare_cached(
+            "UPDATE idempotency_keys SET seq = ?1 WHERE scope = ?2 AND key = ?3 AND claim = ?4",
+        )?;
+        for (c, seq) in settled {
+            stmt.execute(params![seq, c.scope, c.key, c.claim])?;
         }
         Ok(())
     }

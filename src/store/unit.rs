@@ -8,7 +8,9 @@
 //! and the seat count of every touched trip.
 
 use super::chain::{link_hash, sha256_hex, ChainKey, LinkFields, GENESIS};
-use super::{format_time, ExpectedVersion, StoredEvent, Submission, SubmitError, Submitted};
+use super::{
+    format_time, ApiClaim, ExpectedVersion, StoredEvent, Submission, SubmitError, Submitted,
+};
 use crate::domain::fold::{reason, OutcomeKind};
 use crate::domain::{
     decide, fold_booking, fold_trip, BookingFold, BookingState, BookingStatus, Command, Context,
@@ -99,6 +101,16 @@ pub(crate) trait UnitTx: Send {
     async fn save_outbox(&mut self, rows: &[OutboxRow]) -> Result<(), BatchError>;
     /// Upserts the trip row with its seat count recomputed from bookings.
     async fn save_trip(&mut self, trip: &TripState) -> Result<(), BatchError>;
+    /// Takes each API key for this transaction if its claim still holds it
+    /// and nothing committed under it (row-locked until commit on
+    /// PostgreSQL). One answer per claim, in order.
+    async fn take_api_claims(&mut self, claims: &[&ApiClaim]) -> Result<Vec<bool>, BatchError>;
+    /// Records on each taken key the seq its event got (`None`: the command
+    /// wrote nothing, the key stays reusable).
+    async fn set_api_claims(
+        &mut self,
+        settled: &[(&ApiClaim, Option<i64>)],
+    ) -> Result<(), BatchError>;
 }
 
 /// Per-batch constants.
@@ -215,6 +227,18 @@ pub(crate) async fn run_batch<T: UnitTx>(
     let existing = tx.existing_keys(&keys).await?;
     let streams: Vec<String> = unique_owned(subs.iter().map(|s| s.command.stream()));
     let mut heads = tx.stream_heads(&streams).await?;
+    // API keys: a command whose request lost its key to a retry writes nothing.
+    let claims: Vec<&ApiClaim> = subs.iter().filter_map(|s| s.api_claim.as_ref()).collect();
+    let mut taken = if claims.is_empty() {
+        Vec::new()
+    } else {
+        tx.take_api_claims(&claims).await?
+    }
+    .into_iter();
+    let holds: Vec<Option<bool>> = subs
+        .iter()
+        .map(|s| s.api_claim.as_ref().map(|_| taken.next().unwrap_or(false)))
+        .collect();
 
     // 5. Decide, in order.
     let mut jobs: Vec<Job> = Vec::with_capacity(subs.len());
@@ -224,8 +248,12 @@ pub(crate) async fn run_batch<T: UnitTx>(
     let mut touched_bookings: BTreeSet<String> = BTreeSet::new();
     let mut touched_trips: BTreeSet<String> = BTreeSet::new();
 
-    for sub in subs {
+    for (i, sub) in subs.iter().enumerate() {
         let stream = sub.command.stream();
+        if holds[i] == Some(false) {
+            jobs.push(Job::Done(Err(SubmitError::ClaimLost)));
+            continue;
+        }
         let Some(key) = key_of(sub) else {
             jobs.push(Job::Done(Err(SubmitError::Domain(
                 crate::domain::DomainError::Validation(
@@ -411,6 +439,19 @@ pub(crate) async fn run_batch<T: UnitTx>(
             with_seq.push((pi.clone(), booking.clone(), seq));
         }
         tx.insert_bindings(&with_seq).await?;
+    }
+    let mut settled = Vec::new();
+    for (i, sub) in subs.iter().enumerate() {
+        if let (Some(claim), Some(true)) = (&sub.api_claim, holds[i]) {
+            let seq = match jobs[i] {
+                Job::New(row_index) => Some(seq_of(row_index)?),
+                _ => None,
+            };
+            settled.push((claim, seq));
+        }
+    }
+    if !settled.is_empty() {
+        tx.set_api_claims(&settled).await?;
     }
 
     // 7. Project: every touched booking and trip is recomputed from its

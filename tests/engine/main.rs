@@ -36,6 +36,7 @@ mod dispatch;
 mod helpers;
 mod loadgen;
 mod money;
+mod reliability;
 mod replay;
 mod store;
 mod webhook;
