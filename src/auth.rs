@@ -172,6 +172,15 @@ pub fn verify(secret: &str, token: &str) -> Result<Caller, TokenError> {
         OrgId::Text(t) => t,
         OrgId::Number(n) => n.to_string(),
     });
+    // Claims are copied into stored events and projections.
+    let storable = |s: &str| !s.chars().any(char::is_control);
+    if !storable(&user_id)
+        || org_id
+            .as_deref()
+            .is_some_and(|o| !storable(o) || o.len() > 128)
+    {
+        return Err(TokenError::Invalid);
+    }
     Ok(Caller {
         user_id,
         role,

@@ -13,6 +13,7 @@ use super::fold::BookingState;
 use super::money::{self, Cents, Currency};
 use super::payment::StripeFact;
 use super::status::{BookingStatus, PaymentStatus};
+use super::storable;
 use super::table::accepts_new_intent;
 use super::trip::TripState;
 use chrono::{DateTime, SubsecRound, Utc};
@@ -260,6 +261,16 @@ fn publish_trip(c: &PublishTrip) -> Result<Event, DomainError> {
         return Err(DomainError::Validation(format!(
             "title must be 1 to {MAX_TITLE_CHARS} characters"
         )));
+    }
+    if !storable::text(title) {
+        return Err(DomainError::Validation(
+            "title must not contain NUL characters".into(),
+        ));
+    }
+    if !storable::time(&c.departure_time) {
+        return Err(DomainError::Validation(
+            "departureTime must be in the years 0000 to 9999".into(),
+        ));
     }
     if c.seats == 0 || c.seats > MAX_SEATS {
         return Err(DomainError::Validation(format!(

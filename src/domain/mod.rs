@@ -12,6 +12,7 @@ pub mod money;
 pub mod payment;
 pub mod rebuild;
 pub mod status;
+pub mod storable;
 pub mod table;
 pub mod trip;
 

@@ -12,6 +12,7 @@ use super::{
     format_time, ApiClaim, ExpectedVersion, StoredEvent, Submission, SubmitError, Submitted,
 };
 use crate::domain::fold::{reason, OutcomeKind};
+use crate::domain::storable;
 use crate::domain::{
     decide, fold_booking, fold_trip, BookingFold, BookingState, BookingStatus, Command, Context,
     Event, EventOutcome, PaymentSignal, Recorded, SideEffect, TripState,
@@ -324,6 +325,20 @@ pub(crate) async fn run_batch<T: UnitTx>(
             .get(&stream)
             .map_or_else(|| GENESIS.to_string(), |(_, h)| h.clone());
         let payload = event.payload_json();
+        // Only what both backends can store is committed (400, not a 503
+        // that a retry would repeat forever).
+        if !storable::time(&sub.occurred_at)
+            || !storable::text(&stream)
+            || !storable::text(&key)
+            || !storable::json_text(&payload)
+        {
+            jobs.push(Job::Done(Err(SubmitError::Domain(
+                crate::domain::DomainError::Validation(
+                    "a time outside the years 0000 to 9999, or a NUL character in text".into(),
+                ),
+            ))));
+            continue;
+        }
         let occurred = format_time(&sub.occurred_at);
         let recorded = format_time(&env.now);
         let hash = link_hash(

@@ -11,6 +11,7 @@ use crate::domain::money::{Cents, Currency};
 use crate::domain::payment::{
     DisputeSeen, FactMetadata, PaymentSignal, RefundSeen, RefundState, StripeFact,
 };
+use crate::domain::storable;
 use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,6 +20,10 @@ pub enum ParseError {
     NotJson,
     #[error("event has no string `{0}`")]
     Missing(&'static str),
+    /// A value no backend can store (a NUL in text, a time outside the
+    /// years 0000–9999): refused, never stored altered (threat model).
+    #[error("`{0}` holds a value the ledger cannot store")]
+    Unstorable(&'static str),
 }
 
 /// Parses one event. `expected_livemode` is the engine's `STRIPE_LIVEMODE`,
@@ -56,11 +61,15 @@ pub fn parse_event(body: &[u8], expected_livemode: bool) -> Result<StripeFact, P
         _ => FactMetadata::default(),
     };
 
-    Ok(StripeFact {
+    let created = root.get("created").and_then(Value::as_i64).unwrap_or(0);
+    if !storable::unix_seconds(created) {
+        return Err(ParseError::Unstorable("created"));
+    }
+    let fact = StripeFact {
         signal: signal(&event_type, &object),
         event_id,
         event_type,
-        created: root.get("created").and_then(Value::as_i64).unwrap_or(0),
+        created,
         livemode: root
             .get("livemode")
             .and_then(Value::as_bool)
@@ -71,7 +80,42 @@ pub fn parse_event(body: &[u8], expected_livemode: bool) -> Result<StripeFact, P
         amount_cents,
         currency: currency_field(&object),
         metadata,
-    })
+    };
+    // Every text the fact carries goes into columns (stream, key, bindings).
+    if let Some(field) = unstorable_text(&fact) {
+        return Err(ParseError::Unstorable(field));
+    }
+    Ok(fact)
+}
+
+/// The first of the fact's texts that holds a NUL.
+fn unstorable_text(f: &StripeFact) -> Option<&'static str> {
+    let bad = |s: &Option<String>| s.as_deref().is_some_and(|s| !storable::text(s));
+    let signal_texts: Vec<&str> = match &f.signal {
+        PaymentSignal::Refund(r) => vec![r.refund_id.as_str()],
+        PaymentSignal::ChargeRefunded { refunds, .. } => {
+            refunds.iter().map(|r| r.refund_id.as_str()).collect()
+        }
+        PaymentSignal::DisputeOpened(d) | PaymentSignal::DisputeClosed(d) => {
+            vec![d.dispute_id.as_str(), d.status.as_str()]
+        }
+        _ => Vec::new(),
+    };
+    if !storable::text(&f.event_id) {
+        Some("id")
+    } else if !storable::text(&f.event_type) {
+        Some("type")
+    } else if bad(&f.object_id) {
+        Some("data.object.id")
+    } else if bad(&f.payment_intent_id) {
+        Some("payment_intent")
+    } else if bad(&f.metadata.booking_id) || bad(&f.metadata.trip_id) || bad(&f.metadata.user_id) {
+        Some("metadata")
+    } else if signal_texts.iter().any(|s| !storable::text(s)) {
+        Some("data.object")
+    } else {
+        None
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -256,7 +256,98 @@ pub async fn a_key_taken_over_refuses_the_late_commit(backend: Backend) {
     );
 }
 
+/// Input no backend can store is refused with 400 (401 for a token)
+/// before anything is committed, and a retry changes nothing either.
+pub async fn unstorable_input_is_refused_and_changes_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let driver = token("u-store-driver", Role::User, Some("org-a"));
+    let trip = |title: &str, departure: &str| {
+        json!({"title": title, "seats": 2, "pricePerSeatCents": 700,
+            "currency": "zar", "departureTime": departure})
+    };
+    let cases = [
+        (trip("Far", "+10000-01-01T00:00:00Z"), "departureTime"),
+        (trip("Ancient", "-0001-12-31T00:00:00Z"), "departureTime"),
+        (trip("Nul\u{0}title", "2030-01-01T08:00:00Z"), "title"),
+    ];
+    for (body, field) in &cases {
+        for _ in 0..2 {
+            let (s, answer, h) = app
+                .call(
+                    Method::POST,
+                    "/api/trips",
+                    Some(&driver),
+                    Some(body.clone()),
+                )
+                .await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {answer}");
+            assert_eq!(answer["error"]["code"], "VALIDATION_ERROR");
+            let message = answer["error"]["message"].as_str().unwrap();
+            assert!(message.contains(field), "{message}");
+            assert!(h.get("x-request-id").is_some());
+        }
+    }
+    // A NUL in a token claim: not a valid token.
+    let nul_sub = token("u\u{0}1", Role::User, Some("org-a"));
+    let nul_org = token("u-ok", Role::User, Some("org\u{0}a"));
+    for t in [nul_sub, nul_org] {
+        let (s, answer, _) = app
+            .call(
+                Method::POST,
+                "/api/trips",
+                Some(&t),
+                Some(trip("Fine", "2030-01-01T08:00:00Z")),
+            )
+            .await;
+        assert_eq!(
+            (s, answer["error"]["code"].clone()),
+            (StatusCode::UNAUTHORIZED, json!("AUTHENTICATION_ERROR"))
+        );
+    }
+    // Signed Stripe events the ledger cannot store: 400, so Stripe stops
+    // redelivering an event it would get 503 for forever.
+    let far = event(
+        "evt_far",
+        "payment_intent.succeeded",
+        0,
+        intent("pi_far", 700),
+    );
+    let mut far = far;
+    far["created"] = json!(253_402_300_800_i64);
+    let nul_pi = event(
+        "evt_nul",
+        "payment_intent.succeeded",
+        10,
+        intent("pi_\u{0}x", 700),
+    );
+    let nul_id = event(
+        "evt_\u{0}id",
+        "payment_intent.succeeded",
+        10,
+        intent("pi_ok", 700),
+    );
+    for (body, field) in [(far, "created"), (nul_pi, "data.object.id"), (nul_id, "id")] {
+        for _ in 0..2 {
+            let (s, answer) = app.webhook(&body).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{answer}");
+            assert_eq!(answer["error"]["code"], "VALIDATION_ERROR");
+            let message = answer["error"]["message"].as_str().unwrap();
+            assert!(message.contains(&format!("`{field}`")), "{message}");
+        }
+    }
+    assert_eq!(
+        app.db.store.head_seq().await.unwrap(),
+        0,
+        "nothing was stored"
+    );
+    let report = klubz_ledger::store::verify::verify(app.db.store.as_ref(), &chain_key())
+        .await
+        .unwrap();
+    assert!(report.is_ok(), "{report:?}");
+}
+
 on_both_backends!(reliability:
     api_write_whose_response_was_lost_replays_from_the_log,
     a_key_taken_over_refuses_the_late_commit,
+    unstorable_input_is_refused_and_changes_nothing,
 );
