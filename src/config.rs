@@ -90,6 +90,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// `MAX_IN_FLIGHT`: requests being handled; more get 503 at once.
     pub max_in_flight: usize,
+    /// `MAX_BUFFERED_BODY_BYTES`: request body bytes held in memory by all
+    /// requests together; a body that would exceed it gets 503.
+    pub max_buffered_body_bytes: usize,
     /// `DB_ACQUIRE_TIMEOUT_MS`: waiting for a pooled database connection.
     pub db_acquire_timeout: Duration,
     /// `DB_STATEMENT_TIMEOUT_MS`: one statement (PostgreSQL
@@ -105,6 +108,7 @@ impl Default for Limits {
             body_read_timeout: Duration::from_secs(10),
             max_connections: 4096,
             max_in_flight: 1024,
+            max_buffered_body_bytes: 64 * 1024 * 1024,
             db_acquire_timeout: Duration::from_millis(1000),
             db_statement_timeout: Duration::from_secs(5),
         }
@@ -143,6 +147,17 @@ impl Limits {
             body_read_timeout: millis("BODY_READ_TIMEOUT_MS", d.body_read_timeout)?,
             max_connections: count("MAX_CONNECTIONS", d.max_connections)?,
             max_in_flight: count("MAX_IN_FLIGHT", d.max_in_flight)?,
+            max_buffered_body_bytes: match get("MAX_BUFFERED_BODY_BYTES") {
+                None => d.max_buffered_body_bytes,
+                Some(v) => v
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1024 * 1024..=1 << 40).contains(n))
+                    .ok_or_else(|| {
+                        err("MAX_BUFFERED_BODY_BYTES", "must be bytes, at least 1048576")
+                    })?,
+            },
             db_acquire_timeout: millis("DB_ACQUIRE_TIMEOUT_MS", d.db_acquire_timeout)?,
             db_statement_timeout: millis("DB_STATEMENT_TIMEOUT_MS", d.db_statement_timeout)?,
         })

@@ -36,7 +36,16 @@ const SERVE_ENV: &str = "Configuration (environment variables; docs/CONFIGURATIO
   NOTIFY_URL              where side-effect messages are POSTed; unset: they wait in the outbox
   NOTIFY_SECRET           signs them; >= 32 bytes, required with NOTIFY_URL in production
   LOG_FORMAT              json | pretty [default: json]
-  RUST_LOG                log filter [default: info]";
+  RUST_LOG                log filter [default: info]
+Limits (docs/CONFIGURATION.md#limits):
+  REQUEST_TIMEOUT_MS      a request's deadline, then 503 DEADLINE_EXCEEDED [default: 10000]
+  HEADER_READ_TIMEOUT_MS  request headers must arrive within it; idle keep-alive closes [default: 10000]
+  BODY_READ_TIMEOUT_MS    the body must arrive within it, else 408 [default: 10000]
+  MAX_CONNECTIONS         open connections; more wait in the backlog [default: 4096]
+  MAX_IN_FLIGHT           requests being handled; more get 503 OVERLOADED [default: 1024]
+  MAX_BUFFERED_BODY_BYTES body bytes held by all requests together [default: 67108864]
+  DB_ACQUIRE_TIMEOUT_MS   wait for a pooled database connection [default: 1000]
+  DB_STATEMENT_TIMEOUT_MS one statement (PostgreSQL statement_timeout, SQLite busy wait) [default: 5000]";
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -243,9 +252,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!(reason = %reason, "degraded: part of the engine's job is off");
     }
     let chain_key = config.encryption_key.chain_key();
-    let store = klubz_ledger::store::open(&config.database_url, chain_key)
-        .await
-        .context("open the database")?;
+    let store = klubz_ledger::store::open_with(
+        &config.database_url,
+        chain_key,
+        klubz_ledger::store::Timeouts::from_limits(&config.limits),
+    )
+    .await
+    .context("open the database")?;
     let listener = tokio::net::TcpListener::bind(config.bind_addr)
         .await
         .with_context(|| format!("bind {}", config.bind_addr))?;

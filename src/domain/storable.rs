@@ -38,7 +38,7 @@ pub fn json_text(payload: &str) -> bool {
             _ => true,
         }
     }
-    serde_json::from_str::<serde_json::Value>(payload).map_or(false, |v| walk(&v))
+    serde_json::from_str::<serde_json::Value>(payload).is_ok_and(|v| walk(&v))
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ async fn request(
     caller: Caller,
     Path(trip_id): Path<String>,
     headers: HeaderMap,
-    RawBody(body): RawBody,
+    RawBody(body, _held): RawBody,
 ) -> Response {
     let route = format!("POST /api/trips/{trip_id}/bookings");
     idempotency::write(&state, &caller, &route, &headers, &body, |claim| async {
@@ -151,7 +151,7 @@ async fn accept(
     c: Caller,
     Path(id): Path<String>,
     h: HeaderMap,
-    RawBody(b): RawBody,
+    RawBody(b, _held): RawBody,
 ) -> Response {
     decide_booking(s, c, id, h, b, Decision::Accept).await
 }
@@ -161,7 +161,7 @@ async fn reject(
     c: Caller,
     Path(id): Path<String>,
     h: HeaderMap,
-    RawBody(b): RawBody,
+    RawBody(b, _held): RawBody,
 ) -> Response {
     decide_booking(s, c, id, h, b, Decision::Reject).await
 }
@@ -171,7 +171,7 @@ async fn cancel(
     c: Caller,
     Path(id): Path<String>,
     h: HeaderMap,
-    RawBody(b): RawBody,
+    RawBody(b, _held): RawBody,
 ) -> Response {
     decide_booking(s, c, id, h, b, Decision::Cancel).await
 }

@@ -109,6 +109,65 @@ impl ApiError {
         )
     }
 
+    /// More requests in flight than `MAX_IN_FLIGHT`: shed at once.
+    pub fn overloaded() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "OVERLOADED",
+            "the server is at its limit of requests in flight; nothing was recorded, retry shortly",
+        )
+    }
+
+    /// The request ran past `REQUEST_TIMEOUT_MS`.
+    pub fn deadline_exceeded(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "DEADLINE_EXCEEDED",
+            format!(
+                "the request did not finish within {} ms; a write may still take effect, \
+                 retry with the same Idempotency-Key (webhooks: by the same event id)",
+                limit.as_millis()
+            ),
+        )
+    }
+
+    /// The client did not send its body within `BODY_READ_TIMEOUT_MS`.
+    pub fn request_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "REQUEST_TIMEOUT",
+            "the request body did not arrive in time",
+        )
+    }
+
+    /// The envelope for an error answer the HTTP framework produced itself
+    /// (no route for the method, a rejected URI or header…): a code for
+    /// its status, and its text when it is short and plain.
+    pub fn from_framework(status: StatusCode, text: &str) -> Self {
+        let code = match status.as_u16() {
+            404 => "NOT_FOUND",
+            405 => "METHOD_NOT_ALLOWED",
+            408 => "REQUEST_TIMEOUT",
+            413 => "PAYLOAD_TOO_LARGE",
+            414 => "URI_TOO_LONG",
+            415 => "UNSUPPORTED_MEDIA_TYPE",
+            431 => "HEADERS_TOO_LARGE",
+            400..=499 => "VALIDATION_ERROR",
+            503 => "SERVICE_UNAVAILABLE",
+            _ => "INTERNAL_ERROR",
+        };
+        let text = text.trim();
+        let message = if !text.is_empty() && text.len() <= 200 && !text.contains('\n') {
+            text.to_string()
+        } else {
+            status
+                .canonical_reason()
+                .unwrap_or("request refused")
+                .to_lowercase()
+        };
+        Self::new(status, code, message)
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -30,25 +30,62 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// The request body, at most [`BODY_LIMIT`] bytes (413 beyond).
-pub struct RawBody(pub Bytes);
+/// The request body, at most [`BODY_LIMIT`] bytes (413 beyond), read within
+/// `BODY_READ_TIMEOUT_MS` (408), and only while the process-wide budget of
+/// buffered body bytes allows (503 `OVERLOADED`). The second field holds
+/// that budget until the handler ends: bind it (`RawBody(body, _held)`).
+pub struct RawBody(pub Bytes, pub BodyHeld);
 
-impl<S: Send + Sync> FromRequest<S> for RawBody {
+/// A share of the body budget, released when dropped.
+pub struct BodyHeld(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl FromRequest<AppState> for RawBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
-        let announced = req
-            .headers()
-            .get(axum::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if announced.is_some_and(|n| n > BODY_LIMIT) {
-            return Err(ApiError::payload_too_large(BODY_LIMIT));
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (bytes, held) = read_body(req, state).await?;
+        Ok(RawBody(bytes, held))
+    }
+}
+
+/// The announced `Content-Length`, refused (413) beyond [`BODY_LIMIT`].
+pub(super) fn check_announced_length(req: &Request) -> Result<Option<usize>, ApiError> {
+    let announced = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|n| n > BODY_LIMIT) {
+        return Err(ApiError::payload_too_large(BODY_LIMIT));
+    }
+    Ok(announced)
+}
+
+pub(super) async fn read_body(
+    req: Request,
+    state: &AppState,
+) -> Result<(Bytes, BodyHeld), ApiError> {
+    let announced = check_announced_length(&req)?;
+    // Reserve what the body can take (all of the limit when no length is
+    // announced), so slow senders cannot pin unbounded memory together.
+    let kib =
+        u32::try_from(announced.unwrap_or(BODY_LIMIT).div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    let permit = state
+        .body_budget
+        .clone()
+        .try_acquire_many_owned(kib)
+        .map_err(|_| {
+            state.metrics.incr("http.body_budget_exhausted");
+            ApiError::overloaded()
+        })?;
+    let limit = state.config.limits.body_read_timeout;
+    match tokio::time::timeout(limit, axum::body::to_bytes(req.into_body(), BODY_LIMIT)).await {
+        Err(_) => {
+            state.metrics.incr("http.body_read_timeouts");
+            Err(ApiError::request_timeout())
         }
-        axum::body::to_bytes(req.into_body(), BODY_LIMIT)
-            .await
-            .map(RawBody)
-            .map_err(|_| ApiError::payload_too_large(BODY_LIMIT))
+        Ok(Err(_)) => Err(ApiError::payload_too_large(BODY_LIMIT)),
+        Ok(Ok(bytes)) => Ok((bytes, BodyHeld(permit))),
     }
 }
 

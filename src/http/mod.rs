@@ -12,6 +12,7 @@ mod middleware;
 mod monitoring;
 mod outbox;
 mod payments;
+mod server;
 mod trips;
 mod views;
 mod webhook;
@@ -29,9 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics::Metrics;
-use std::future::Future;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 
 /// Webhook and API body limit (CONTRACT.md): 1 MiB.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -54,6 +53,11 @@ pub struct AppState {
     /// Creates PaymentIntents; `None` in production without
     /// `STRIPE_SECRET_KEY` (the intent route answers 503).
     pub gateway: Option<Arc<dyn PaymentGateway>>,
+    /// Permits for requests in flight (`MAX_IN_FLIGHT`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Permits for request body bytes being buffered
+    /// (`MAX_BUFFERED_BODY_BYTES`, in KiB).
+    pub body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -82,6 +86,10 @@ impl AppState {
     ) -> Self {
         Self {
             metrics: Arc::new(Metrics::with_writer(&store.writer_stats())),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight)),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.max_buffered_body_bytes.div_ceil(1024),
+            )),
             store,
             cipher: config.encryption_key.payload_cipher(),
             config,
@@ -214,19 +222,13 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            middleware::bounded,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             middleware::request_context,
         ))
         .with_state(state)
 }
 
-/// Serves on an already bound listener until `shutdown` completes, then
-/// finishes the requests in flight.
-pub async fn serve(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-}
+pub use server::serve;

@@ -52,7 +52,7 @@ async fn intent(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    RawBody(body): RawBody,
+    RawBody(body, _held): RawBody,
 ) -> Response {
     idempotency::write(
         &state,

@@ -37,7 +37,7 @@ async fn publish(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    RawBody(body): RawBody,
+    RawBody(body, _held): RawBody,
 ) -> Response {
     idempotency::write(
         &state,

@@ -1,26 +1,55 @@
 //! `POST /api/payments/webhook`: Stripe's deliveries.
 //!
-//! Order matters: size limit (the `RawBody` extractor: 413 from the
-//! announced length or while reading), then the signature over the raw bytes (before
-//! any parsing), then lenient parsing, then one durable append (the raw body
-//! encrypted) that recomputes the booking it binds to. The answer is sent
-//! only after the commit, so a 2xx always means durable.
+//! Order matters: the `Stripe-Signature` header must be present and
+//! well-formed, and the announced length within the limit (413), before a
+//! byte of the body is read ([`SignedBody`]); then the size limit while
+//! reading, the read
+//! deadline and the body budget; then the signature over the raw bytes
+//! (before any parsing), then lenient parsing, then one durable append (the
+//! raw body encrypted) that recomputes the booking it binds to. The answer
+//! is sent only after the commit, so a 2xx always means durable.
 
-use super::extract::RawBody;
+use super::extract::{read_body, BodyHeld};
 use super::{current_request_id, ApiError, AppState};
 use crate::domain::Source;
 use crate::ingest::{ingest, IngestError, Ingested};
 use crate::stripe::signature;
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use chrono::Utc;
 use serde_json::{json, Value};
 
+/// The body of a delivery whose signature header passed the cheap check.
+pub struct SignedBody(Bytes, #[allow(dead_code)] BodyHeld);
+
+impl FromRequest<AppState> for SignedBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        // Cheap checks on the headers first, the announced size included.
+        super::extract::check_announced_length(&req)?;
+        let header = req
+            .headers()
+            .get("stripe-signature")
+            .and_then(|v| v.to_str().ok());
+        if let Err(e) = signature::precheck(header) {
+            let m = &state.metrics;
+            m.incr("security.signature_failures");
+            m.incr(&format!("security.signature_failures.{e:?}"));
+            tracing::warn!(requestId = %current_request_id(), reason = %e, "webhook signature header rejected before the body was read");
+            return Err(ApiError::signature_invalid());
+        }
+        let (bytes, held) = read_body(req, state).await?;
+        Ok(SignedBody(bytes, held))
+    }
+}
+
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
-    RawBody(bytes): RawBody,
+    SignedBody(bytes, _held): SignedBody,
 ) -> Result<Json<Value>, ApiError> {
     let m = &state.metrics;
     if state.config.webhook_secrets.is_empty() {

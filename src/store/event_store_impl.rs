@@ -21,6 +21,10 @@ macro_rules! impl_event_store {
                 self.writer.alive()
             }
 
+            fn writer_failing(&self, within: std::time::Duration) -> bool {
+                self.writer.failing(within)
+            }
+
             fn writer_stats(&self) -> $crate::store::WriterStats {
                 self.writer.stats()
             }

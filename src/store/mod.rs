@@ -341,6 +341,10 @@ pub trait EventLog: Send + Sync {
     /// Every writer task runs (false after one died, or after `close`).
     fn writer_alive(&self) -> bool;
 
+    /// The writer's latest batch failed less than `within` ago and none
+    /// has committed since (a full disk, a read-only file, a lost database).
+    fn writer_failing(&self, within: std::time::Duration) -> bool;
+
     /// The writer's queue and batches, for monitoring.
     fn writer_stats(&self) -> WriterStats;
 
@@ -481,17 +485,59 @@ pub fn describe_url(database_url: &str) -> String {
     }
 }
 
+/// How long the store waits: for a pooled connection, and for one
+/// statement (PostgreSQL's `statement_timeout`; SQLite's busy wait for
+/// another process's lock). Every wait ends, so a hung database answers
+/// 503 instead of holding requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub acquire: std::time::Duration,
+    pub statement: std::time::Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            acquire: std::time::Duration::from_secs(5),
+            statement: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+impl Timeouts {
+    /// What `serve` uses: the configured limits.
+    pub fn from_limits(limits: &crate::config::Limits) -> Self {
+        Self {
+            acquire: limits.db_acquire_timeout,
+            statement: limits.db_statement_timeout,
+        }
+    }
+}
+
+/// Opens with the default timeouts (commands; `serve` passes its own).
 pub async fn open(
     database_url: &str,
     chain_key: chain::ChainKey,
 ) -> Result<Arc<dyn EventStore>, StoreError> {
+    open_with(database_url, chain_key, Timeouts::default()).await
+}
+
+pub async fn open_with(
+    database_url: &str,
+    chain_key: chain::ChainKey,
+    timeouts: Timeouts,
+) -> Result<Arc<dyn EventStore>, StoreError> {
     if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+        let options = postgres::Options {
+            timeouts,
+            ..postgres::Options::default()
+        };
         Ok(Arc::new(
-            postgres::PgStore::open(database_url, chain_key, postgres::Options::default()).await?,
+            postgres::PgStore::open(database_url, chain_key, options).await?,
         ))
     } else if database_url.starts_with("sqlite:") {
         Ok(Arc::new(
-            sqlite::SqliteStore::open(database_url, chain_key).await?,
+            sqlite::SqliteStore::open_with(database_url, chain_key, timeouts).await?,
         ))
     } else {
         Err(StoreError::Unavailable(

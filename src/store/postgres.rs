@@ -36,6 +36,7 @@ pub struct Options {
     /// Concurrent writer tasks (each commits its own batches).
     pub writers: usize,
     pub max_connections: u32,
+    pub timeouts: super::Timeouts,
 }
 
 impl Default for Options {
@@ -45,6 +46,7 @@ impl Default for Options {
             // process, 2 and 4 about 6k, 8 fewer (more round trips wait).
             writers: 4,
             max_connections: 16,
+            timeouts: super::Timeouts::default(),
         }
     }
 }
@@ -68,7 +70,7 @@ impl PgStore {
         chain_key: ChainKey,
         options: Options,
     ) -> Result<Self, StoreError> {
-        let pool = Self::connect(url, options.max_connections).await?;
+        let pool = Self::connect(url, options.max_connections, options.timeouts).await?;
         migrator(Dialect::Postgres).run(&pool).await?;
         let ours = chain_key.check_value();
         sqlx::query(super::KEY_CHECK_INSERT)
@@ -89,13 +91,21 @@ impl PgStore {
         })
     }
 
-    async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    async fn connect(
+        url: &str,
+        max_connections: u32,
+        timeouts: super::Timeouts,
+    ) -> Result<PgPool, StoreError> {
         // Custom plans for every statement: a generic plan chosen while a
         // table was small (a sequential scan) stays cached for the
         // connection's life and makes every step's cost grow with the log.
         // No JIT: compiling a plan costs more than these short statements.
-        let opts = PgConnectOptions::from_str(url)?
-            .options([("plan_cache_mode", "force_custom_plan"), ("jit", "off")]);
+        let statement_ms = timeouts.statement.as_millis().to_string();
+        let opts = PgConnectOptions::from_str(url)?.options([
+            ("plan_cache_mode", "force_custom_plan"),
+            ("jit", "off"),
+            ("statement_timeout", statement_ms.as_str()),
+        ]);
         let place = format!(
             "{}:{}/{}",
             opts.get_host(),
@@ -114,7 +124,10 @@ impl PgStore {
         }
         PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(timeouts.acquire)
+            // Connections are replaced now and then, so one left in an odd
+            // state by an error does not live for ever.
+            .max_lifetime(Duration::from_secs(600))
             .connect_with(opts)
             .await
             .map_err(|e| {
@@ -123,7 +136,7 @@ impl PgStore {
     }
 
     pub async fn migrate(url: &str) -> Result<(), StoreError> {
-        let pool = Self::connect(url, 2).await?;
+        let pool = Self::connect(url, 2, super::Timeouts::default()).await?;
         migrator(Dialect::Postgres).run(&pool).await?;
         pool.close().await;
         Ok(())

@@ -33,9 +33,8 @@ pub struct SqliteStore {
     writer: Writer,
 }
 
-/// How long a writer waits for another process's write lock before the
-/// submission fails (and the caller answers 503).
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `migrate` waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn options(url: &str, busy_timeout: Duration) -> Result<SqliteConnectOptions, StoreError> {
     Ok(SqliteConnectOptions::from_str(url)?
@@ -50,15 +49,18 @@ fn options(url: &str, busy_timeout: Duration) -> Result<SqliteConnectOptions, St
 impl SqliteStore {
     /// Opens (creating if missing) and migrates the database.
     pub async fn open(url: &str, chain_key: ChainKey) -> Result<Self, StoreError> {
-        Self::open_with(url, chain_key, BUSY_TIMEOUT).await
+        Self::open_with(url, chain_key, super::Timeouts::default()).await
     }
 
-    /// `open` with another busy timeout (tests of a locked database).
+    /// `open` with other timeouts (`serve`'s limits; tests of a locked
+    /// database). The statement timeout is the busy wait for another
+    /// process's lock.
     pub async fn open_with(
         url: &str,
         chain_key: ChainKey,
-        busy_timeout: Duration,
+        timeouts: super::Timeouts,
     ) -> Result<Self, StoreError> {
+        let busy_timeout = timeouts.statement;
         let opts = options(url, busy_timeout)?;
         let mut conn = SqliteConnection::connect_with(&opts)
             .await
@@ -75,6 +77,10 @@ impl SqliteStore {
         super::check_key(stored, &ours)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .acquire_timeout(timeouts.acquire)
+            // Connections are replaced now and then: one opened while the
+            // file was read-only does not stay read-only for ever.
+            .max_lifetime(Duration::from_secs(60))
             .connect_with(opts.clone())
             .await?;
         // Migrated and checked through sqlx; the writer thread opens its own

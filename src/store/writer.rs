@@ -12,7 +12,7 @@
 use super::unit::JobResult;
 use super::{StoreError, Submission, SubmitError};
 use async_trait::async_trait;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
@@ -61,6 +61,10 @@ struct Shared {
     commit_seconds: prometheus_client::metrics::histogram::Histogram,
     running: AtomicUsize,
     closed: AtomicBool,
+    /// When the latest batch failed (ms since `epoch`), 0 after a success:
+    /// a writer that cannot write makes `/health` 503 until one commits.
+    failing_since_ms: AtomicU64,
+    epoch: std::time::Instant,
     stop: tokio::sync::watch::Sender<bool>,
     handles: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -92,6 +96,8 @@ impl Writer {
             commit_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
             running: AtomicUsize::new(tasks),
             closed: AtomicBool::new(false),
+            failing_since_ms: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
             stop,
             handles: Mutex::new(Vec::new()),
         });
@@ -119,6 +125,17 @@ impl Writer {
     pub fn alive(&self) -> bool {
         !self.shared.closed.load(Ordering::SeqCst)
             && self.shared.running.load(Ordering::SeqCst) == self.shared.tasks
+    }
+
+    /// The latest batch failed, less than `within` ago, and none has
+    /// committed since. (Older failures are not held against it: with no
+    /// writes to try, there is no news; the next write tells.)
+    pub fn failing(&self, within: std::time::Duration) -> bool {
+        let since = self.shared.failing_since_ms.load(Ordering::SeqCst);
+        since != 0 && {
+            let now = self.shared.epoch.elapsed().as_millis() as u64;
+            now.saturating_sub(since) < within.as_millis() as u64
+        }
     }
 
     pub fn stats(&self) -> WriterStats {
@@ -213,8 +230,25 @@ async fn writer_loop<R: BatchRunner>(
         }
         let subs: Vec<Submission> = jobs.iter().map(|j| j.sub.clone()).collect();
         let started = std::time::Instant::now();
-        match runner.run(&subs).await {
+        let outcome = runner.run(&subs).await;
+        let shared = &running.0;
+        let mark = |failed: bool| {
+            let now = (shared.epoch.elapsed().as_millis() as u64).max(1);
+            if failed {
+                // Keep the first failure's time while failures go on.
+                let _ = shared.failing_since_ms.compare_exchange(
+                    0,
+                    now,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                );
+            } else {
+                shared.failing_since_ms.store(0, Ordering::SeqCst);
+            }
+        };
+        match outcome {
             Ok(results) => {
+                mark(false);
                 running.0.batch_size.observe(subs.len() as f64);
                 running
                     .0
@@ -230,15 +264,23 @@ async fn writer_loop<R: BatchRunner>(
                 tracing::warn!(error = %e, batch = jobs.len(), "batch failed, retrying one by one");
                 for job in jobs {
                     let result = match runner.run(std::slice::from_ref(&job.sub)).await {
-                        Ok(mut r) => r.pop().unwrap_or_else(|| {
-                            Err(StoreError::Corrupt("batch returned no result".into()).into())
-                        }),
-                        Err(e) => Err(e.into()),
+                        Ok(mut r) => {
+                            mark(false);
+                            r.pop().unwrap_or_else(|| {
+                                Err(StoreError::Corrupt("batch returned no result".into()).into())
+                            })
+                        }
+                        Err(e) => {
+                            mark(true);
+                            Err(e.into())
+                        }
                     };
                     let _ = job.reply.send(result);
                 }
             }
             Err(e) => {
+                mark(true);
+                tracing::warn!(error = %e, "batch failed");
                 for job in jobs {
                     let _ = job
                         .reply

@@ -52,14 +52,13 @@ pub fn header(secret: &str, timestamp: i64, body: &[u8]) -> String {
     format!("t={timestamp},v1={}", compute(secret, timestamp, body))
 }
 
-/// Verifies `header` over the raw `body` against every secret.
-pub fn verify(
-    header: Option<&str>,
-    body: &[u8],
-    secrets: &[&str],
-    now: i64,
-    tolerance_secs: i64,
-) -> Result<Verified, SignatureError> {
+/// The header's timestamp and `v1` signatures.
+struct Parsed<'a> {
+    timestamp: i64,
+    signatures: Vec<&'a str>,
+}
+
+fn parse(header: Option<&str>) -> Result<Parsed<'_>, SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
     let mut timestamp: Option<&str> = None;
     let mut signatures: Vec<&str> = Vec::new();
@@ -82,6 +81,39 @@ pub fn verify(
     if signatures.is_empty() {
         return Err(SignatureError::NoV1);
     }
+    Ok(Parsed {
+        timestamp,
+        signatures,
+    })
+}
+
+/// The cheap check made before the body is read: the header is present,
+/// well-formed, and has a `v1` that could match (64 lower-case hex
+/// characters; any other can never equal a computed signature). A header
+/// that fails here fails [`verify`] too, with the same error.
+pub fn precheck(header: Option<&str>) -> Result<(), SignatureError> {
+    let parsed = parse(header)?;
+    let plausible =
+        |v: &&str| v.len() == 64 && v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if parsed.signatures.iter().any(plausible) {
+        Ok(())
+    } else {
+        Err(SignatureError::NoMatch)
+    }
+}
+
+/// Verifies `header` over the raw `body` against every secret.
+pub fn verify(
+    header: Option<&str>,
+    body: &[u8],
+    secrets: &[&str],
+    now: i64,
+    tolerance_secs: i64,
+) -> Result<Verified, SignatureError> {
+    let Parsed {
+        timestamp,
+        signatures,
+    } = parse(header)?;
     let matched = secrets
         .iter()
         .filter(|s| !s.trim().is_empty())

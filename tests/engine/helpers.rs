@@ -82,9 +82,16 @@ impl TestDb {
     pub async fn sqlite_with_busy_timeout(busy: std::time::Duration) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("test.db").display());
-        let store = klubz_ledger::store::sqlite::SqliteStore::open_with(&url, chain_key(), busy)
-            .await
-            .expect("open sqlite");
+        let store = klubz_ledger::store::sqlite::SqliteStore::open_with(
+            &url,
+            chain_key(),
+            klubz_ledger::store::Timeouts {
+                statement: busy,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("open sqlite");
         Self {
             backend: Backend::Sqlite,
             url,

@@ -452,7 +452,11 @@ pub async fn payment_events_without_amount_or_currency_are_not_applied(backend: 
     // ISO codes, are no amount and no currency.
     let odd: [(&str, Value, Value); 7] = [
         ("string", json!("2000"), json!("zar")),
-        ("beyond_i64", json!(9_223_372_036_854_775_808_u64), json!("zar")),
+        (
+            "beyond_i64",
+            json!(9_223_372_036_854_775_808_u64),
+            json!("zar"),
+        ),
         ("no_currency_code", json!(2000), json!(7)),
         ("float", json!(2000.0), json!("zar")),
         ("huge", json!(1e30), json!("zar")),

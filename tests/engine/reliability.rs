@@ -346,8 +346,311 @@ pub async fn unstorable_input_is_refused_and_changes_nothing(backend: Backend) {
     assert!(report.is_ok(), "{report:?}");
 }
 
+/// Writes `bytes` on a fresh connection and reads until the server closes
+/// it or a whole response (by `content-length`) arrived; the test's own
+/// bound is generous and only stops a broken server from hanging it.
+async fn exchange(app: &TestApp, bytes: &[u8]) -> String {
+    use tokio::io::AsyncWriteExt;
+    let addr = app.base.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(bytes).await.unwrap();
+    read_response(&mut conn).await
+}
+
+async fn read_response(conn: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            let text = String::from_utf8_lossy(&answer).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|n| n.trim().parse::<usize>().ok());
+                if length.is_some_and(|n| body.len() >= n) {
+                    return text;
+                }
+            }
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return text,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), read)
+        .await
+        .expect("the server neither answered nor closed the connection")
+}
+
+fn envelope_of(answer: &str) -> serde_json::Value {
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|_| panic!("no JSON body: {answer}"))
+}
+
+/// Answers the framework makes itself (a method a route lacks, a path it
+/// cannot decode, a URI or headers beyond the limits) carry the error
+/// envelope and `x-request-id`.
+pub async fn framework_answers_carry_the_envelope(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let host = app.base.trim_start_matches("http://").to_string();
+    let long_uri = format!("/api/trips/1?{}", "a".repeat(9 * 1024));
+    let big_header = "x".repeat(40 * 1024);
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            format!("DELETE /api/trips HTTP/1.1\r\nhost: {host}\r\n\r\n"),
+            "405",
+            "METHOD_NOT_ALLOWED",
+        ),
+        (
+            format!("GET /api/trips/%FF%FE HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {}\r\n\r\n",
+                token("u1", Role::User, None)),
+            "400",
+            "VALIDATION_ERROR",
+        ),
+        (
+            format!("GET {long_uri} HTTP/1.1\r\nhost: {host}\r\n\r\n"),
+            "414",
+            "URI_TOO_LONG",
+        ),
+        (
+            format!("GET /health HTTP/1.1\r\nhost: {host}\r\nx-big: {big_header}\r\n\r\n"),
+            "431",
+            "HEADERS_TOO_LARGE",
+        ),
+    ];
+    for (request, status, code) in &cases {
+        let answer = exchange(&app, request.as_bytes()).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{code}: {answer}"
+        );
+        assert!(answer.contains("x-request-id: "), "{answer}");
+        let body = envelope_of(&answer);
+        assert_eq!(body["error"]["code"], *code, "{answer}");
+        assert!(body["error"]["requestId"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()));
+    }
+    // 405 keeps its `allow` header.
+    let answer = exchange(&app, cases[0].0.as_bytes()).await;
+    assert!(answer.to_lowercase().contains("allow: "), "{answer}");
+    let (s, _) = app.get("/health").await;
+    assert_eq!(s, StatusCode::OK, "still serving");
+}
+
+/// Every wait has an end: a body that trickles gets 408, headers that
+/// trickle and idle keep-alive connections are closed, requests beyond the
+/// in-flight cap get 503 `OVERLOADED` at once, bodies beyond the buffer
+/// budget too, and all of it is released afterwards.
+pub async fn slow_and_flooding_clients_are_bounded(backend: Backend) {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(
+        backend,
+        &[
+            ("BODY_READ_TIMEOUT_MS", "300"),
+            ("HEADER_READ_TIMEOUT_MS", "300"),
+            ("MAX_IN_FLIGHT", "2"),
+            ("MAX_BUFFERED_BODY_BYTES", "1048576"),
+        ],
+    )
+    .await;
+    let host = app.base.trim_start_matches("http://").to_string();
+    let driver = token("u-slow", Role::User, None);
+    // A body that never completes: 408 with the envelope.
+    let partial = format!(
+        "POST /api/trips HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {driver}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"title\""
+    );
+    let answer = exchange(&app, partial.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(envelope_of(&answer)["error"]["code"], "REQUEST_TIMEOUT");
+    // Headers that never complete: the connection is closed.
+    let answer = exchange(
+        &app,
+        format!("GET /health HTTP/1.1\r\nhost: {host}\r\n").as_bytes(),
+    )
+    .await;
+    assert!(!answer.contains("200 OK"), "{answer}");
+    // An idle keep-alive connection is closed after the header timeout.
+    {
+        let addr = app.base.trim_start_matches("http://");
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(format!("GET /health HTTP/1.1\r\nhost: {host}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let first = read_response(&mut conn).await;
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        let after = read_response(&mut conn).await;
+        assert_eq!(after, "", "closed, with nothing more said");
+    }
+
+    // Two webhook bodies of 600 KB each announced, neither sent: the first
+    // holds most of the 1 MiB budget, the second is refused at once.
+    let held_body = |n: usize| {
+        format!(
+            "POST /api/payments/webhook HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n\
+             stripe-signature: t=1,v1={}\r\ncontent-length: {n}\r\n\r\n{{",
+            "0".repeat(64)
+        )
+    };
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut holder = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    holder
+        .write_all(held_body(600_000).as_bytes())
+        .await
+        .unwrap();
+    // The in-flight cap is 2: the holder takes one. Probe until the second
+    // slow body is refused by the budget (the holder has reached it).
+    let mut refused = String::new();
+    for _ in 0..200 {
+        let answer = exchange(&app, held_body(600_000).as_bytes()).await;
+        if answer.starts_with("HTTP/1.1 503") {
+            refused = answer;
+            break;
+        }
+    }
+    assert!(refused.contains("OVERLOADED"), "{refused}");
+    // With one slot left of two, a second holder fills the cap: anything
+    // else is shed at once with 503 OVERLOADED.
+    let mut second = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    second
+        .write_all(
+            format!(
+                "POST /api/trips HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {driver}\r\n\
+                 content-type: application/json\r\ncontent-length: 10\r\n\r\n{{"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut shed = None;
+    for _ in 0..200 {
+        let (s, body) = app.get("/health").await;
+        if s == StatusCode::SERVICE_UNAVAILABLE {
+            shed = Some(body);
+            break;
+        }
+    }
+    let shed = shed.expect("the cap never shed a request");
+    assert_eq!(shed["error"]["code"], "OVERLOADED", "{shed}");
+    // Both holders time out (408) and release what they held.
+    let first = read_response(&mut holder).await;
+    assert!(first.starts_with("HTTP/1.1 408"), "{first}");
+    let second = read_response(&mut second).await;
+    assert!(second.starts_with("HTTP/1.1 408"), "{second}");
+    let (s, _) = app.get("/health").await;
+    assert_eq!(s, StatusCode::OK);
+    let answer = exchange(&app, held_body(10).as_bytes()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "budget released: {answer}"
+    );
+    assert_eq!(app.db.store.head_seq().await.unwrap(), 0);
+}
+
+/// A request that runs past `REQUEST_TIMEOUT_MS` (here: the database's
+/// write lock is held by another process) is answered 503
+/// `DEADLINE_EXCEEDED` and its retry with the same key has one effect.
+pub async fn a_request_past_its_deadline_gets_503_and_retries_once(backend: Backend) {
+    let app = spawn_app_with(backend, &[("REQUEST_TIMEOUT_MS", "300")]).await;
+    let driver = token("u-deadline", Role::User, None);
+    let body = json!({"title": "Late", "seats": 2, "pricePerSeatCents": 700,
+        "currency": "zar", "departureTime": "2030-01-01T08:00:00Z"});
+    let key = [("idempotency-key", "deadline-1")];
+    let answer = {
+        use sqlx::Connection;
+        match backend {
+            Backend::Sqlite => {
+                let mut locker = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+                sqlx::query("BEGIN EXCLUSIVE")
+                    .execute(&mut locker)
+                    .await
+                    .unwrap();
+                let answer = app
+                    .call_with(
+                        Method::POST,
+                        "/api/trips",
+                        Some(&driver),
+                        Some(body.clone()),
+                        &key,
+                    )
+                    .await;
+                sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+                answer
+            }
+            Backend::Postgres => {
+                let mut locker = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+                sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+                sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+                    .execute(&mut locker)
+                    .await
+                    .unwrap();
+                let answer = app
+                    .call_with(
+                        Method::POST,
+                        "/api/trips",
+                        Some(&driver),
+                        Some(body.clone()),
+                        &key,
+                    )
+                    .await;
+                sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+                answer
+            }
+        }
+    };
+    assert_eq!(answer.0, StatusCode::SERVICE_UNAVAILABLE, "{}", answer.1);
+    assert_eq!(answer.1["error"]["code"], "DEADLINE_EXCEEDED");
+    // Either the write was queued before its deadline and commits once the
+    // lock is gone (its retries meet the key held, 409, then the answer
+    // from the log), or it never got as far as claiming the key (SQLite:
+    // the claim itself waits for the lock) and the retry runs it: one trip
+    // either way.
+    let mut created = None;
+    for _ in 0..5000 {
+        let (s, b, h) = app
+            .call_with(
+                Method::POST,
+                "/api/trips",
+                Some(&driver),
+                Some(body.clone()),
+                &key,
+            )
+            .await;
+        if s == StatusCode::CREATED {
+            created = Some((b, h.get("idempotent-replayed").is_some()));
+            break;
+        }
+        assert_eq!(
+            (s, b["error"]["code"].clone()),
+            (StatusCode::CONFLICT, json!("IDEMPOTENCY_CONFLICT")),
+            "{b}"
+        );
+    }
+    let (created, replayed) = created.expect("the late commit never answered the retry");
+    assert_eq!(count_kind(&app.db, "TripPublished").await, 1);
+    if backend == Backend::Postgres {
+        assert!(replayed, "the queued write committed first: {created}");
+    }
+    let id = created["id"].as_str().unwrap();
+    let (s, trip, _) = app
+        .call(
+            Method::GET,
+            &format!("/api/trips/{id}"),
+            Some(&driver),
+            None,
+        )
+        .await;
+    assert_eq!((s, trip["title"].clone()), (StatusCode::OK, json!("Late")));
+}
+
 on_both_backends!(reliability:
     api_write_whose_response_was_lost_replays_from_the_log,
     a_key_taken_over_refuses_the_late_commit,
     unstorable_input_is_refused_and_changes_nothing,
+    framework_answers_carry_the_envelope,
+    slow_and_flooding_clients_are_bounded,
+    a_request_past_its_deadline_gets_503_and_retries_once,
 );
