@@ -30,6 +30,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod chaos;
 pub mod config;
 pub mod crypto;
 pub mod demo;
