@@ -239,31 +239,40 @@ macro_rules! impl_event_store {
                 abandon_after: chrono::Duration,
             ) -> Result<IdempotencyBegin, StoreError> {
                 let now = now();
-                // Abandoned keys (pending, nothing committed) go first, so
-                // the insert below can claim them.
-                sqlx::query($crate::store::sql::IDEMPOTENCY_PURGE)
-                    .bind(db_time(now - $crate::store::IDEMPOTENCY_RETENTION))
-                    .bind(db_time(now - abandon_after))
-                    .execute(&self.pool)
-                    .await?;
+                let mut conn = self.pool.acquire().await?;
                 let claim = uuid::Uuid::new_v4().to_string();
-                let claimed = sqlx::query($crate::store::sql::IDEMPOTENCY_CLAIM)
-                    .bind(scope)
-                    .bind(key)
-                    .bind(fingerprint)
-                    .bind(db_time(now))
-                    .bind(&claim)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
-                if claimed == 1 {
-                    return Ok(IdempotencyBegin::Owned { claim });
+                let steps = async {
+                    // Abandoned keys (pending, nothing committed) go first,
+                    // so the insert below can claim them.
+                    sqlx::query($crate::store::sql::IDEMPOTENCY_PURGE)
+                        .bind(db_time(now - $crate::store::IDEMPOTENCY_RETENTION))
+                        .bind(db_time(now - abandon_after))
+                        .execute(&mut *conn)
+                        .await?;
+                    let claimed = sqlx::query($crate::store::sql::IDEMPOTENCY_CLAIM)
+                        .bind(scope)
+                        .bind(key)
+                        .bind(fingerprint)
+                        .bind(db_time(now))
+                        .bind(&claim)
+                        .execute(&mut *conn)
+                        .await?
+                        .rows_affected();
+                    if claimed == 1 {
+                        return Ok(None);
+                    }
+                    sqlx::query($crate::store::sql::IDEMPOTENCY_READ)
+                        .bind(scope)
+                        .bind(key)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map(Some)
                 }
-                let row = sqlx::query($crate::store::sql::IDEMPOTENCY_READ)
-                    .bind(scope)
-                    .bind(key)
-                    .fetch_optional(&self.pool)
-                    .await?;
+                .await;
+                let row = match $crate::store::recycle_on_error(conn, steps).await? {
+                    None => return Ok(IdempotencyBegin::Owned { claim }),
+                    Some(row) => row,
+                };
                 let Some(row) = row else {
                     // Purged between the two statements: claim it again.
                     return Box::pin(self.idempotency_begin(scope, key, fingerprint, abandon_after))
@@ -294,14 +303,15 @@ macro_rules! impl_event_store {
                 status: u16,
                 body: &str,
             ) -> Result<(), StoreError> {
-                sqlx::query($crate::store::sql::IDEMPOTENCY_FINISH)
+                let mut conn = self.pool.acquire().await?;
+                let done = sqlx::query($crate::store::sql::IDEMPOTENCY_FINISH)
                     .bind(scope)
                     .bind(key)
                     .bind(i32::from(status))
                     .bind(body)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
+                    .execute(&mut *conn)
+                    .await;
+                $crate::store::recycle_on_error(conn, done).await.map(|_| ())
             }
 
             async fn idempotency_settle(
@@ -312,15 +322,16 @@ macro_rules! impl_event_store {
                 status: u16,
                 body: &str,
             ) -> Result<(), StoreError> {
-                sqlx::query($crate::store::sql::IDEMPOTENCY_SETTLE)
+                let mut conn = self.pool.acquire().await?;
+                let done = sqlx::query($crate::store::sql::IDEMPOTENCY_SETTLE)
                     .bind(scope)
                     .bind(key)
                     .bind(seq)
                     .bind(i32::from(status))
                     .bind(body)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
+                    .execute(&mut *conn)
+                    .await;
+                $crate::store::recycle_on_error(conn, done).await.map(|_| ())
             }
 
             async fn idempotency_abandon(
@@ -329,13 +340,14 @@ macro_rules! impl_event_store {
                 key: &str,
                 claim: &str,
             ) -> Result<(), StoreError> {
-                sqlx::query($crate::store::sql::IDEMPOTENCY_ABANDON)
+                let mut conn = self.pool.acquire().await?;
+                let done = sqlx::query($crate::store::sql::IDEMPOTENCY_ABANDON)
                     .bind(scope)
                     .bind(key)
                     .bind(claim)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
+                    .execute(&mut *conn)
+                    .await;
+                $crate::store::recycle_on_error(conn, done).await.map(|_| ())
             }
         }
 

@@ -546,6 +546,23 @@ pub async fn open_with(
     }
 }
 
+/// The result of statements run on `conn`. After an error the connection
+/// is closed rather than returned to the pool: its state is unknown (one
+/// opened while the file was read-only stays read-only; one cut off by a
+/// restart is dead), and the pool opens a fresh one.
+pub(crate) async fn recycle_on_error<DB: sqlx::Database, T>(
+    conn: sqlx::pool::PoolConnection<DB>,
+    result: Result<T, sqlx::Error>,
+) -> Result<T, StoreError> {
+    match result {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let _ = conn.close().await;
+            Err(e.into())
+        }
+    }
+}
+
 /// Compares the key-check value stored at first open with ours.
 pub(crate) fn check_key(stored: Option<String>, ours: &str) -> Result<(), StoreError> {
     match stored {

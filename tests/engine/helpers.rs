@@ -66,6 +66,17 @@ impl TestDb {
         }
     }
 
+    /// A store opened on a database the test placed itself (a tmpfs, a
+    /// private cluster).
+    pub fn with_store(backend: Backend, url: &str, store: Arc<dyn EventStore>) -> TestDb {
+        Self {
+            backend,
+            url: url.to_string(),
+            store,
+            _dir: None,
+        }
+    }
+
     /// Another handle on the same database with its own store: a second
     /// engine process, as far as the database can tell.
     pub async fn share(&self) -> TestDb {

@@ -33,6 +33,7 @@ mod api;
 mod app;
 mod cli;
 mod dispatch;
+mod faults;
 mod helpers;
 mod loadgen;
 mod money;
