@@ -646,6 +646,207 @@ pub async fn a_request_past_its_deadline_gets_503_and_retries_once(backend: Back
     assert_eq!((s, trip["title"].clone()), (StatusCode::OK, json!("Late")));
 }
 
+/// A corpus of hostile input: each gets its contract error (or, where the
+/// input is merely odd but valid, is stored verbatim), changes nothing else,
+/// and the server keeps serving.
+pub async fn hostile_input_gets_contract_errors_and_changes_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let host = app.base.trim_start_matches("http://").to_string();
+    let driver = token("u-hostile", Role::User, None);
+    let head = app.db.store.head_seq().await.unwrap();
+
+    // Webhook signature headers.
+    let body = serde_json::to_vec(&event(
+        "evt_h",
+        "payment_intent.processing",
+        1,
+        intent("pi_h", 1),
+    ))
+    .unwrap();
+    let many_short = format!("t=1,{}", vec!["v1=0"; 4000].join(","));
+    let many_plausible = format!(
+        "t={},{}",
+        chrono::Utc::now().timestamp(),
+        vec![format!("v1={}", "a".repeat(64)); 400].join(",")
+    );
+    let ten_thousand = format!("t=1,{}", vec!["v1=00"; 10_000].join(","));
+    for (header, status, code) in [
+        (
+            many_short,
+            StatusCode::BAD_REQUEST,
+            "WEBHOOK_SIGNATURE_INVALID",
+        ),
+        (
+            many_plausible,
+            StatusCode::BAD_REQUEST,
+            "WEBHOOK_SIGNATURE_INVALID",
+        ),
+        (
+            ten_thousand,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "HEADERS_TOO_LARGE",
+        ),
+        (
+            "t=,v1=".to_string(),
+            StatusCode::BAD_REQUEST,
+            "WEBHOOK_SIGNATURE_INVALID",
+        ),
+        (
+            "v1".to_string(),
+            StatusCode::BAD_REQUEST,
+            "WEBHOOK_SIGNATURE_INVALID",
+        ),
+    ] {
+        let (s, answer) = app.post_raw(body.clone(), Some(header)).await;
+        assert_eq!(
+            (s, answer["error"]["code"].clone()),
+            (status, json!(code)),
+            "{answer}"
+        );
+    }
+
+    // Signed bodies that are not storable events.
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let deep_object = format!(
+        r#"{{"id":"evt_deep","type":"x","data":{}1{}}}"#,
+        r#"{"a":"#.repeat(5000),
+        "}".repeat(5000)
+    );
+    let invalid_utf8 = b"{\"id\":\"evt_\xff\xfe\",\"type\":\"payment_intent.succeeded\"}".to_vec();
+    for raw in [deep.into_bytes(), deep_object.into_bytes(), invalid_utf8] {
+        let (s, answer) = app.post_raw(raw.clone(), Some(sign(&raw))).await;
+        assert_eq!(
+            (s, answer["error"]["code"].clone()),
+            (StatusCode::BAD_REQUEST, json!("VALIDATION_ERROR")),
+            "{answer}"
+        );
+    }
+    assert_eq!(
+        app.db.store.head_seq().await.unwrap(),
+        head,
+        "nothing stored"
+    );
+
+    // API bodies: overflowing numbers, duplicate keys, nesting, bad UTF-8.
+    let bad_bodies: [&[u8]; 7] = [
+        br#"{"title":"a","seats":99999999999999999999,"pricePerSeatCents":1,"currency":"zar","departureTime":"2030-01-01T00:00:00Z"}"#,
+        br#"{"title":"a","seats":2,"pricePerSeatCents":1e30,"currency":"zar","departureTime":"2030-01-01T00:00:00Z"}"#,
+        br#"{"title":"a","title":"b","seats":2,"pricePerSeatCents":1,"currency":"zar","departureTime":"2030-01-01T00:00:00Z"}"#,
+        br#"{"title":{"title":{"title":{"title":[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]}}},"seats":2}"#,
+        b"{\"title\":\"\xff\xfe\",\"seats\":2,\"pricePerSeatCents\":1,\"currency\":\"zar\",\"departureTime\":\"2030-01-01T00:00:00Z\"}",
+        br#"{"title":"a","seats":2,"pricePerSeatCents":1,"currency":"zar'; DROP TABLE events;--","departureTime":"2030-01-01T00:00:00Z"}"#,
+        br#"{"title":"a","seats":-1,"pricePerSeatCents":1,"currency":"zar","departureTime":"2030-01-01T00:00:00Z"}"#,
+    ];
+    for raw in bad_bodies {
+        let res = app
+            .client
+            .post(format!("{}/api/trips", app.base))
+            .bearer_auth(&driver)
+            .header("content-type", "application/json")
+            .body(raw.to_vec())
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let answer: serde_json::Value = res.json().await.unwrap_or_default();
+        assert_eq!(
+            (status, answer["error"]["code"].clone()),
+            (StatusCode::BAD_REQUEST, json!("VALIDATION_ERROR")),
+            "{}: {answer}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+
+    // Ids with SQL metacharacters, traversal and NUL: 400, or no route.
+    let token = token("u-hostile", Role::User, None);
+    for (path, status, code) in [
+        ("/api/trips/1'%20OR%20'1'='1", "400", "VALIDATION_ERROR"),
+        (
+            "/api/trips/1;DROP%20TABLE%20events",
+            "400",
+            "VALIDATION_ERROR",
+        ),
+        (
+            "/api/trips/..%2F..%2Fetc%2Fpasswd",
+            "400",
+            "VALIDATION_ERROR",
+        ),
+        ("/api/bookings/%00", "400", "VALIDATION_ERROR"),
+        ("/api/bookings/../../etc/passwd", "404", "NOT_FOUND"),
+        (
+            "/api/bookings/1/events/../../../../etc/passwd",
+            "404",
+            "NOT_FOUND",
+        ),
+    ] {
+        let request =
+            format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {token}\r\n\r\n");
+        let answer = exchange(&app, request.as_bytes()).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {answer}"
+        );
+        assert_eq!(
+            envelope_of(&answer)["error"]["code"],
+            code,
+            "{path}: {answer}"
+        );
+    }
+    // An Idempotency-Key with SQL metacharacters is only a key.
+    let sql_key = [("idempotency-key", "k';DROP-TABLE-idempotency_keys;--")];
+    let trip = json!({"title": "Robert'); DROP TABLE trips;--", "seats": 2,
+        "pricePerSeatCents": 700, "currency": "zar", "departureTime": "2030-01-01T08:00:00Z"});
+    let (s, first, _) = app
+        .call_with(
+            Method::POST,
+            "/api/trips",
+            Some(&driver),
+            Some(trip.clone()),
+            &sql_key,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{first}");
+    assert_eq!(
+        first["title"], "Robert'); DROP TABLE trips;--",
+        "stored verbatim"
+    );
+    let (s, again, h) = app
+        .call_with(
+            Method::POST,
+            "/api/trips",
+            Some(&driver),
+            Some(trip),
+            &sql_key,
+        )
+        .await;
+    assert_eq!(
+        (s, again["id"].clone()),
+        (StatusCode::CREATED, first["id"].clone())
+    );
+    assert!(h.get("idempotent-replayed").is_some());
+    // A signed event whose id is SQL: stored verbatim, once.
+    let sql_event = event(
+        "evt_'; DROP TABLE events;--",
+        "payment_intent.processing",
+        5,
+        intent("pi_x'); DELETE FROM trip_participants;--", 700),
+    );
+    assert_eq!(app.webhook(&sql_event).await.0, StatusCode::OK);
+    assert_eq!(app.webhook(&sql_event).await.1["replay"], true);
+
+    assert_eq!(
+        app.db.store.head_seq().await.unwrap(),
+        head + 2,
+        "the trip and the event"
+    );
+    let (s, _) = app.get("/health").await;
+    assert_eq!(s, StatusCode::OK, "still serving");
+    let report = klubz_ledger::store::verify::verify(app.db.store.as_ref(), &chain_key())
+        .await
+        .unwrap();
+    assert!(report.is_ok(), "{report:?}");
+}
+
 on_both_backends!(reliability:
     api_write_whose_response_was_lost_replays_from_the_log,
     a_key_taken_over_refuses_the_late_commit,
@@ -653,4 +854,5 @@ on_both_backends!(reliability:
     framework_answers_carry_the_envelope,
     slow_and_flooding_clients_are_bounded,
     a_request_past_its_deadline_gets_503_and_retries_once,
+    hostile_input_gets_contract_errors_and_changes_nothing,
 );
