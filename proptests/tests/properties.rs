@@ -7,9 +7,11 @@
 //! (e) the store records each idempotency key once, whatever the repeats;
 //! (f) histories a model of Stripe generates fold to what Stripe's own
 //!     objects say, in order and in any delivery (`model/`), and the named
-//!     regression cases of `model/regressions.rs`.
+//!     regression cases of `model/regressions.rs`;
+//! (g) fuzzing of the parsers that see hostile bytes first (`fuzz/`).
 #![allow(clippy::unwrap_used)]
 
+mod fuzz;
 mod model;
 
 use chrono::{TimeZone, Utc};
