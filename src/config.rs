@@ -106,9 +106,12 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
-            max_connections: 4096,
-            max_in_flight: 1024,
-            max_buffered_body_bytes: 64 * 1024 * 1024,
+            // Peak memory follows these (measured in docs/RELIABILITY.md):
+            // generous for an engine behind a load balancer, small enough
+            // that a flood cannot pin much.
+            max_connections: 1024,
+            max_in_flight: 512,
+            max_buffered_body_bytes: 16 * 1024 * 1024,
             db_acquire_timeout: Duration::from_millis(1000),
             db_statement_timeout: Duration::from_secs(5),
         }

@@ -41,9 +41,9 @@ Limits (docs/CONFIGURATION.md#limits):
   REQUEST_TIMEOUT_MS      a request's deadline, then 503 DEADLINE_EXCEEDED [default: 10000]
   HEADER_READ_TIMEOUT_MS  request headers must arrive within it; idle keep-alive closes [default: 10000]
   BODY_READ_TIMEOUT_MS    the body must arrive within it, else 408 [default: 10000]
-  MAX_CONNECTIONS         open connections; more wait in the backlog [default: 4096]
-  MAX_IN_FLIGHT           requests being handled; more get 503 OVERLOADED [default: 1024]
-  MAX_BUFFERED_BODY_BYTES body bytes held by all requests together [default: 67108864]
+  MAX_CONNECTIONS         open connections; more wait in the backlog [default: 1024]
+  MAX_IN_FLIGHT           requests being handled; more get 503 OVERLOADED [default: 512]
+  MAX_BUFFERED_BODY_BYTES body bytes held by all requests together [default: 16777216]
   DB_ACQUIRE_TIMEOUT_MS   wait for a pooled database connection [default: 1000]
   DB_STATEMENT_TIMEOUT_MS one statement (PostgreSQL statement_timeout, SQLite busy wait) [default: 5000]";
 
