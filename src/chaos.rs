@@ -78,7 +78,7 @@ impl Report {
             "chaos on {} (seed {}): {} kill -9 of serve in {:.1} s\n\
              api writes:  {} acknowledged, {} attempts, {} answered as replays\n\
              webhooks:    {} acknowledged, {} attempts (redeliveries included), {} answered as replays\n\
-             resent:      {} acknowledged requests sent again\n\
+             resent:      {} acknowledged requests (API writes and webhooks) sent again\n\
              stored:      {} events, {} side-effect messages, {} bookings\n",
             self.backend,
             self.seed,
@@ -270,6 +270,19 @@ struct Booked {
     payment_intent_id: String,
 }
 
+/// An acknowledged API write, kept to send again at the end.
+#[derive(Debug, Clone)]
+struct ApiWrite {
+    token: String,
+    path: String,
+    key: String,
+    body: Option<Value>,
+    expect: StatusCode,
+    /// The answer's field that names what the write made, and its value.
+    field: &'static str,
+    made: String,
+}
+
 /// A keyed API write: retried with its key until it succeeds. A key still
 /// held by a killed request (409 "still in progress") is retried until its
 /// deadline has passed and a retry may take it over.
@@ -330,7 +343,7 @@ async fn book(
     seed: u64,
     n: usize,
     problems: &Mutex<Vec<String>>,
-) -> anyhow::Result<Booked> {
+) -> anyhow::Result<(Booked, Vec<ApiWrite>)> {
     let now = chrono::Utc::now().timestamp();
     let driver = mint(
         jwt,
@@ -343,49 +356,105 @@ async fn book(
     let rider_id = format!("chaos-rider-{n}");
     let rider = mint(jwt, &rider_id, Role::User, None, now, 86_400)?;
     let k = |what: &str| format!("chaos-{seed}-{what}-{n}");
-    let ok = StatusCode::OK;
-    let trip = keyed(
-        shared,
+    let mut writes = Vec::new();
+    let mut write = |token: &str, path: String, key: String, body: Option<Value>, expect, field| {
+        let w = ApiWrite {
+            token: token.to_string(),
+            path,
+            key,
+            body,
+            expect,
+            field,
+            made: String::new(),
+        };
+        writes.push(w.clone());
+        w
+    };
+    let mut made = Vec::new();
+    let w = write(
         &driver,
-        "/api/trips",
-        &k("trip"),
+        "/api/trips".into(),
+        k("trip"),
         Some(json!({"title": format!("chaos trip {n}"), "seats": 2,
             "pricePerSeatCents": FARE, "currency": "zar",
             "departureTime": "2030-01-01T08:00:00Z"})),
         StatusCode::CREATED,
+        "id",
+    );
+    let trip = keyed(
+        shared,
+        &w.token,
+        &w.path,
+        &w.key,
+        w.body.clone(),
+        w.expect,
         problems,
     )
     .await;
     let trip_id = text(&trip, "id");
-    let booking = keyed(
-        shared,
+    made.push(trip_id.clone());
+    let w = write(
         &rider,
-        &format!("/api/trips/{trip_id}/bookings"),
-        &k("booking"),
+        format!("/api/trips/{trip_id}/bookings"),
+        k("booking"),
         Some(json!({"passengers": 1})),
         StatusCode::CREATED,
+        "id",
+    );
+    let booking = keyed(
+        shared,
+        &w.token,
+        &w.path,
+        &w.key,
+        w.body.clone(),
+        w.expect,
         problems,
     )
     .await;
     let booking_id = text(&booking, "id");
-    let path = format!("/api/bookings/{booking_id}/accept");
-    keyed(shared, &driver, &path, &k("accept"), None, ok, problems).await;
+    made.push(booking_id.clone());
+    let w = write(
+        &driver,
+        format!("/api/bookings/{booking_id}/accept"),
+        k("accept"),
+        None,
+        StatusCode::OK,
+        "id",
+    );
+    let accepted = keyed(shared, &w.token, &w.path, &w.key, None, w.expect, problems).await;
+    made.push(text(&accepted, "id"));
+    let w = write(
+        &rider,
+        "/api/payments/intent".into(),
+        k("intent"),
+        Some(json!({"bookingId": booking_id, "amountCents": FARE, "currency": "zar"})),
+        StatusCode::OK,
+        "paymentIntentId",
+    );
     let intent = keyed(
         shared,
-        &rider,
-        "/api/payments/intent",
-        &k("intent"),
-        Some(json!({"bookingId": booking_id, "amountCents": FARE, "currency": "zar"})),
-        ok,
+        &w.token,
+        &w.path,
+        &w.key,
+        w.body.clone(),
+        w.expect,
         problems,
     )
     .await;
-    Ok(Booked {
-        trip_id,
-        booking_id,
-        rider: rider_id,
-        payment_intent_id: text(&intent, "paymentIntentId"),
-    })
+    let payment_intent_id = text(&intent, "paymentIntentId");
+    made.push(payment_intent_id.clone());
+    for (w, m) in writes.iter_mut().zip(made) {
+        w.made = m;
+    }
+    Ok((
+        Booked {
+            trip_id,
+            booking_id,
+            rider: rider_id,
+            payment_intent_id,
+        },
+        writes,
+    ))
 }
 
 /// The three webhooks of a booking: processing, succeeded, and a type the
@@ -565,7 +634,7 @@ async fn scenario(url: &str, opts: &Options) -> anyhow::Result<Report> {
     };
 
     // The API: every booking's four keyed writes.
-    let booked = Arc::new(Mutex::new(BTreeMap::<usize, Booked>::new()));
+    let booked = Arc::new(Mutex::new(BTreeMap::<usize, (Booked, Vec<ApiWrite>)>::new()));
     {
         let (shared, problems, booked) = (shared.clone(), problems.clone(), booked.clone());
         let (jwt, seed) = (jwt.clone(), opts.seed);
@@ -587,7 +656,9 @@ async fn scenario(url: &str, opts: &Options) -> anyhow::Result<Report> {
         })
         .await;
     }
-    let booked: Vec<Booked> = booked.lock().await.values().cloned().collect();
+    let (booked, api_writes): (Vec<Booked>, Vec<Vec<ApiWrite>>) =
+        booked.lock().await.values().cloned().unzip();
+    let api_writes: Vec<ApiWrite> = api_writes.into_iter().flatten().collect();
 
     // The webhooks, shuffled, each redelivered until acknowledged.
     let created = chrono::Utc::now().timestamp() - 3600;
@@ -625,9 +696,39 @@ async fn scenario(url: &str, opts: &Options) -> anyhow::Result<Report> {
         return Err(e.context("restart after kill -9"));
     }
 
+    // Some acknowledged API writes again, with their keys: each must be
+    // answered as a replay naming what the first one made.
+    let mut resent = 0;
+    for w in &api_writes {
+        if rng.gen_range(0..100) >= opts.resend_pct {
+            continue;
+        }
+        resent += 1;
+        let (status, answer, replayed) = shared
+            .until_answered(
+                |http, base| {
+                    let mut req = http
+                        .post(format!("{base}{}", w.path))
+                        .bearer_auth(&w.token)
+                        .header("idempotency-key", &w.key);
+                    if let Some(b) = &w.body {
+                        req = req.json(b);
+                    }
+                    req
+                },
+                &shared.api_attempts,
+            )
+            .await;
+        if status != w.expect || !replayed || text(&answer, w.field) != w.made {
+            problems.lock().await.push(format!(
+                "acknowledged POST {} (key {}) sent again answered {status} (replayed: {replayed}) {answer}, \
+                 not a replay of {}",
+                w.path, w.key, w.made
+            ));
+        }
+    }
     // Some acknowledged webhooks again: each must be a replay.
     let acked_events: Vec<(String, Vec<u8>)> = acked_events.lock().await.clone();
-    let mut resent = 0;
     for (id, body) in &acked_events {
         if rng.gen_range(0..100) >= opts.resend_pct {
             continue;

@@ -104,7 +104,9 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             request_timeout: Duration::from_secs(10),
-            header_read_timeout: Duration::from_secs(10),
+            // Also the keep-alive idle timeout: long enough for clients and
+            // balancers that keep connections open (docs/CONFIGURATION.md).
+            header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(10),
             // Peak memory follows these (measured in docs/RELIABILITY.md):
             // generous for an engine behind a load balancer, small enough

@@ -39,7 +39,7 @@ const SERVE_ENV: &str = "Configuration (environment variables; docs/CONFIGURATIO
   RUST_LOG                log filter [default: info]
 Limits (docs/CONFIGURATION.md#limits):
   REQUEST_TIMEOUT_MS      a request's deadline, then 503 DEADLINE_EXCEEDED [default: 10000]
-  HEADER_READ_TIMEOUT_MS  request headers must arrive within it; idle keep-alive closes [default: 10000]
+  HEADER_READ_TIMEOUT_MS  request headers must arrive within it; idle keep-alive closes [default: 30000]
   BODY_READ_TIMEOUT_MS    the body must arrive within it, else 408 [default: 10000]
   MAX_CONNECTIONS         open connections; more wait in the backlog [default: 1024]
   MAX_IN_FLIGHT           requests being handled; more get 503 OVERLOADED [default: 512]

@@ -440,6 +440,22 @@ pub async fn framework_answers_carry_the_envelope(backend: Backend) {
     assert_eq!(s, StatusCode::OK, "still serving");
 }
 
+/// `/health` on a new connection: with a 300 ms idle timeout a pooled
+/// keep-alive connection may be closed by the server just as it is reused.
+async fn health_fresh(app: &TestApp) -> (StatusCode, serde_json::Value) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let res = client
+        .get(format!("{}/health", app.base))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    (status, res.json().await.unwrap_or_default())
+}
+
 /// Every wait has an end: a body that trickles gets 408, headers that
 /// trickle and idle keep-alive connections are closed, requests beyond the
 /// in-flight cap get 503 `OVERLOADED` at once, bodies beyond the buffer
@@ -527,7 +543,7 @@ pub async fn slow_and_flooding_clients_are_bounded(backend: Backend) {
         .unwrap();
     let mut shed = None;
     for _ in 0..200 {
-        let (s, body) = app.get("/health").await;
+        let (s, body) = health_fresh(&app).await;
         if s == StatusCode::SERVICE_UNAVAILABLE {
             shed = Some(body);
             break;
@@ -540,7 +556,7 @@ pub async fn slow_and_flooding_clients_are_bounded(backend: Backend) {
     assert!(first.starts_with("HTTP/1.1 408"), "{first}");
     let second = read_response(&mut second).await;
     assert!(second.starts_with("HTTP/1.1 408"), "{second}");
-    let (s, _) = app.get("/health").await;
+    let (s, _) = health_fresh(&app).await;
     assert_eq!(s, StatusCode::OK);
     let answer = exchange(&app, held_body(10).as_bytes()).await;
     assert!(
