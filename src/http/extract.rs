@@ -66,10 +66,16 @@ pub(super) async fn read_body(
     state: &AppState,
 ) -> Result<(Bytes, BodyHeld), ApiError> {
     let announced = check_announced_length(&req)?;
-    // Reserve what the body can take (all of the limit when no length is
-    // announced), so slow senders cannot pin unbounded memory together.
-    let kib =
-        u32::try_from(announced.unwrap_or(BODY_LIMIT).div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    // Reserve what the body can take, so slow senders cannot pin unbounded
+    // memory together: its announced length; nothing for a request that
+    // has no body (neither a length nor chunks); the whole limit for a
+    // chunked one.
+    let exact = axum::body::HttpBody::size_hint(req.body()).exact();
+    let length = announced
+        .or(exact.and_then(|n| usize::try_from(n).ok()))
+        .unwrap_or(BODY_LIMIT)
+        .min(BODY_LIMIT);
+    let kib = u32::try_from(length.div_ceil(1024)).unwrap_or(u32::MAX);
     let permit = state
         .body_budget
         .clone()

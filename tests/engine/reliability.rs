@@ -528,6 +528,13 @@ pub async fn slow_and_flooding_clients_are_bounded(backend: Backend) {
         }
     }
     assert!(refused.contains("OVERLOADED"), "{refused}");
+    // A request without a body reserves nothing: it is answered on its
+    // merits (here 404), not refused for the budget the holder took.
+    let bodiless = format!(
+        "POST /api/bookings/999/accept HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {driver}\r\n\r\n"
+    );
+    let answer = exchange(&app, bodiless.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     // With one slot left of two, a second holder fills the cap: anything
     // else is shed at once with 503 OVERLOADED.
     let mut second = tokio::net::TcpStream::connect(&addr).await.unwrap();
