@@ -433,6 +433,35 @@ pub async fn framework_answers_carry_the_envelope(backend: Backend) {
             .as_str()
             .is_some_and(|r| !r.is_empty()));
     }
+    // Requests hyper cannot parse at all never reach the router; its bare
+    // answer is rewritten with the envelope too.
+    let huge_header = "y".repeat(600 * 1024);
+    for (request, status, code) in [
+        (
+            format!("GET /health HTTP/1.1\r\nhost: {host}\r\ncontent-length: abc\r\n\r\n"),
+            "400",
+            "VALIDATION_ERROR",
+        ),
+        ("GARBAGE\r\n\r\n".to_string(), "400", "VALIDATION_ERROR"),
+        (
+            format!("GET /health HTTP/1.1\r\nhost: {host}\r\nbad header\r\n\r\n"),
+            "400",
+            "VALIDATION_ERROR",
+        ),
+        (
+            format!("GET /health HTTP/1.1\r\nhost: {host}\r\nx-huge: {huge_header}\r\n\r\n"),
+            "431",
+            "HEADERS_TOO_LARGE",
+        ),
+    ] {
+        let answer = exchange(&app, request.as_bytes()).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{code}: {answer}"
+        );
+        assert!(answer.contains("x-request-id: "), "{answer}");
+        assert_eq!(envelope_of(&answer)["error"]["code"], code, "{answer}");
+    }
     // 405 keeps its `allow` header.
     let answer = exchange(&app, cases[0].0.as_bytes()).await;
     assert!(answer.to_lowercase().contains("allow: "), "{answer}");
