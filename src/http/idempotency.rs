@@ -189,7 +189,7 @@ where
             } else {
                 state
                     .store
-                    .idempotency_finish(&scope, key, status.as_u16(), body)
+                    .idempotency_finish(&scope, key, &claim, status.as_u16(), body)
                     .await
             };
             if let Err(e) = kept {

@@ -300,6 +300,7 @@ macro_rules! impl_event_store {
                 &self,
                 scope: &str,
                 key: &str,
+                claim: &str,
                 status: u16,
                 body: &str,
             ) -> Result<(), StoreError> {
@@ -309,6 +310,7 @@ macro_rules! impl_event_store {
                     .bind(key)
                     .bind(i32::from(status))
                     .bind(body)
+                    .bind(claim)
                     .execute(&mut *conn)
                     .await;
                 $crate::store::recycle_on_error(conn, done).await.map(|_| ())

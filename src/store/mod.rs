@@ -423,11 +423,13 @@ pub trait IdempotencyKeys: Send + Sync {
         abandon_after: chrono::Duration,
     ) -> Result<IdempotencyBegin, StoreError>;
 
-    /// Records the response of the request that owns the key.
+    /// Records the response of the request that owns the key (`claim`);
+    /// nothing if a retry has taken the key over.
     async fn idempotency_finish(
         &self,
         scope: &str,
         key: &str,
+        claim: &str,
         status: u16,
         body: &str,
     ) -> Result<(), StoreError>;

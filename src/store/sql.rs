@@ -47,8 +47,11 @@ pub(crate) const IDEMPOTENCY_CLAIM: &str = "INSERT INTO idempotency_keys \
     VALUES ($1, $2, $3, 'pending', $4, $5) ON CONFLICT (scope, key) DO NOTHING";
 pub(crate) const IDEMPOTENCY_READ: &str = "SELECT fingerprint, state, status, body, seq \
     FROM idempotency_keys WHERE scope = $1 AND key = $2";
+/// Only while the request still holds the key: one whose key a retry took
+/// over must not overwrite the new owner's answer.
 pub(crate) const IDEMPOTENCY_FINISH: &str = "UPDATE idempotency_keys \
-    SET state = 'done', status = $3, body = $4 WHERE scope = $1 AND key = $2";
+    SET state = 'done', status = $3, body = $4 \
+    WHERE scope = $1 AND key = $2 AND claim = $5 AND state = 'pending'";
 pub(crate) const IDEMPOTENCY_SETTLE: &str = "UPDATE idempotency_keys \
     SET state = 'done', status = $4, body = $5 \
     WHERE scope = $1 AND key = $2 AND seq = $3 AND state = 'pending'";

@@ -191,6 +191,15 @@ pub async fn a_key_taken_over_refuses_the_late_commit(backend: Backend) {
         )
         .await
         .unwrap();
+    // The first request, refused (409), cannot record its answer over the
+    // key now held by the retry.
+    keys.idempotency_finish(scope, key, &first, 409, "{}")
+        .await
+        .unwrap();
+    assert!(matches!(
+        keys.idempotency_begin(scope, key, fp, hour).await.unwrap(),
+        IdempotencyBegin::Committed { .. }
+    ));
     // Committed with its seq: never purged as abandoned, answered from the log.
     assert_eq!(
         keys.idempotency_begin(scope, key, fp, past).await.unwrap(),
