@@ -9,6 +9,13 @@ use klubz_ledger::store::sqlite::SqliteStore;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// jemalloc, configured (`.cargo/config.toml`) to give freed memory back
+/// to the OS within about a second: with the system allocator a flood's
+/// memory stayed resident and crept up flood after flood
+/// (docs/RELIABILITY.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The event-sourced payment and booking engine of Klubz.
 ///
 /// Configuration comes from the environment (DATABASE_URL, ENVIRONMENT,
