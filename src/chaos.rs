@@ -333,6 +333,29 @@ async fn keyed(
     }
 }
 
+/// Sends one keyed write (token, path, key) until it succeeds, and keeps
+/// it, with what it made (the answer's `field`), to send again at the end.
+async fn send_write(
+    shared: &Shared,
+    writes: &mut Vec<ApiWrite>,
+    (token, path, key): (&str, String, String),
+    body: Option<Value>,
+    (expect, field): (StatusCode, &'static str),
+    problems: &Mutex<Vec<String>>,
+) -> Value {
+    let answer = keyed(shared, token, &path, &key, body.clone(), expect, problems).await;
+    writes.push(ApiWrite {
+        token: token.to_string(),
+        path,
+        key,
+        body,
+        expect,
+        field,
+        made: text(&answer, field),
+    });
+    answer
+}
+
 fn text(v: &Value, field: &str) -> String {
     v[field].as_str().unwrap_or_default().to_string()
 }
@@ -356,96 +379,45 @@ async fn book(
     let rider_id = format!("chaos-rider-{n}");
     let rider = mint(jwt, &rider_id, Role::User, None, now, 86_400)?;
     let k = |what: &str| format!("chaos-{seed}-{what}-{n}");
+    let ok = StatusCode::OK;
+    let created = StatusCode::CREATED;
     let mut writes = Vec::new();
-    let mut write = |token: &str, path: String, key: String, body: Option<Value>, expect, field| {
-        let w = ApiWrite {
-            token: token.to_string(),
-            path,
-            key,
-            body,
-            expect,
-            field,
-            made: String::new(),
-        };
-        writes.push(w.clone());
-        w
-    };
-    let mut made = Vec::new();
-    let w = write(
-        &driver,
-        "/api/trips".into(),
-        k("trip"),
+    let trip = send_write(
+        shared,
+        &mut writes,
+        (driver.as_str(), "/api/trips".into(), k("trip")),
         Some(json!({"title": format!("chaos trip {n}"), "seats": 2,
             "pricePerSeatCents": FARE, "currency": "zar",
             "departureTime": "2030-01-01T08:00:00Z"})),
-        StatusCode::CREATED,
-        "id",
-    );
-    let trip = keyed(
-        shared,
-        &w.token,
-        &w.path,
-        &w.key,
-        w.body.clone(),
-        w.expect,
+        (created, "id"),
         problems,
     )
     .await;
     let trip_id = text(&trip, "id");
-    made.push(trip_id.clone());
-    let w = write(
-        &rider,
-        format!("/api/trips/{trip_id}/bookings"),
-        k("booking"),
-        Some(json!({"passengers": 1})),
-        StatusCode::CREATED,
-        "id",
-    );
-    let booking = keyed(
+    let path = format!("/api/trips/{trip_id}/bookings");
+    let booking = send_write(
         shared,
-        &w.token,
-        &w.path,
-        &w.key,
-        w.body.clone(),
-        w.expect,
+        &mut writes,
+        (rider.as_str(), path, k("booking")),
+        Some(json!({"passengers": 1})),
+        (created, "id"),
         problems,
     )
     .await;
     let booking_id = text(&booking, "id");
-    made.push(booking_id.clone());
-    let w = write(
-        &driver,
-        format!("/api/bookings/{booking_id}/accept"),
-        k("accept"),
-        None,
-        StatusCode::OK,
-        "id",
-    );
-    let accepted = keyed(shared, &w.token, &w.path, &w.key, None, w.expect, problems).await;
-    made.push(text(&accepted, "id"));
-    let w = write(
-        &rider,
-        "/api/payments/intent".into(),
-        k("intent"),
-        Some(json!({"bookingId": booking_id, "amountCents": FARE, "currency": "zar"})),
-        StatusCode::OK,
-        "paymentIntentId",
-    );
-    let intent = keyed(
+    let path = format!("/api/bookings/{booking_id}/accept");
+    let target = (driver.as_str(), path, k("accept"));
+    send_write(shared, &mut writes, target, None, (ok, "id"), problems).await;
+    let intent = send_write(
         shared,
-        &w.token,
-        &w.path,
-        &w.key,
-        w.body.clone(),
-        w.expect,
+        &mut writes,
+        (rider.as_str(), "/api/payments/intent".into(), k("intent")),
+        Some(json!({"bookingId": booking_id, "amountCents": FARE, "currency": "zar"})),
+        (ok, "paymentIntentId"),
         problems,
     )
     .await;
     let payment_intent_id = text(&intent, "paymentIntentId");
-    made.push(payment_intent_id.clone());
-    for (w, m) in writes.iter_mut().zip(made) {
-        w.made = m;
-    }
     Ok((
         Booked {
             trip_id,

@@ -141,22 +141,18 @@ where
         }) if first == fingerprint => {
             state.metrics.incr("idempotency.replays");
             let parts = serialize(from_log(state, seq).await);
-            if parts.2.is_none() {
-                if let Err(e) = state
-                    .store
-                    .idempotency_settle(&scope, key, seq, parts.0.as_u16(), &parts.1)
-                    .await
-                {
-                    tracing::warn!(error = %e, "idempotency response not recorded");
-                }
+            if parts.2.is_some() {
+                // Not answerable now (storage, gateway): the retry tries again.
+                return respond(parts);
             }
-            let failed = parts.2.is_some();
-            let response = respond(parts);
-            if failed {
-                response
-            } else {
-                replayed(response)
+            if let Err(e) = state
+                .store
+                .idempotency_settle(&scope, key, seq, parts.0.as_u16(), &parts.1)
+                .await
+            {
+                tracing::warn!(error = %e, "idempotency response not recorded");
             }
+            replayed(respond(parts))
         }
         Ok(IdempotencyBegin::InFlight { fingerprint: first }) if first == fingerprint => {
             state.metrics.incr("security.idempotency_conflicts");

@@ -138,8 +138,7 @@ fn envelope_for_bare_answer(buf: &[u8]) -> Option<Vec<u8>> {
         414 => "the request target is too long to read",
         _ => "the request could not be read: a malformed request line, header or framing",
     };
-    let mut error = super::ApiError::from_framework(status, message);
-    error.message = message.to_string();
+    let error = super::ApiError::from_framework(status, message);
     let request_id = uuid::Uuid::new_v4().to_string();
     let body = serde_json::json!({"error": {
         "code": error.code, "message": error.message, "requestId": request_id,

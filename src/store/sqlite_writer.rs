@@ -405,10 +405,8 @@ impl UnitTx for Unit<'_> {
     }
 
     async fn take_api_claims(&mut self, claims: &[&ApiClaim]) -> Result<Vec<bool>, BatchError> {
-        let mut stmt = self.conn.prepare_cached(
-            "UPDATE idempotency_keys SET seq = 0 WHERE scope = ?1 AND key = ?2 AND claim = ?3 \
-             AND state = 'pending' AND seq IS NULL",
-        )?;
+        // `$N` in order of appearance: SQLite binds them by position.
+        let mut stmt = self.conn.prepare_cached(super::sql::API_CLAIM_TAKE)?;
         let mut out = Vec::with_capacity(claims.len());
         for c in claims {
             out.push(stmt.execute(params![c.scope, c.key, c.claim])? == 1);
@@ -420,9 +418,7 @@ impl UnitTx for Unit<'_> {
         &mut self,
         settled: &[(&ApiClaim, Option<i64>)],
     ) -> Result<(), BatchError> {
-        let mut stmt = self.conn.prepare_cached(
-            "UPDATE idempotency_keys SET seq = ?1 WHERE scope = ?2 AND key = ?3 AND claim = ?4",
-        )?;
+        let mut stmt = self.conn.prepare_cached(super::sql::API_CLAIM_SET)?;
         for (c, seq) in settled {
             stmt.execute(params![seq, c.scope, c.key, c.claim])?;
         }

@@ -659,48 +659,43 @@ pub async fn a_request_past_its_deadline_gets_503_and_retries_once(backend: Back
     let body = json!({"title": "Late", "seats": 2, "pricePerSeatCents": 700,
         "currency": "zar", "departureTime": "2030-01-01T08:00:00Z"});
     let key = [("idempotency-key", "deadline-1")];
-    let answer = {
-        use sqlx::Connection;
-        match backend {
-            Backend::Sqlite => {
-                let mut locker = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
-                sqlx::query("BEGIN EXCLUSIVE")
-                    .execute(&mut locker)
-                    .await
-                    .unwrap();
-                let answer = app
-                    .call_with(
-                        Method::POST,
-                        "/api/trips",
-                        Some(&driver),
-                        Some(body.clone()),
-                        &key,
-                    )
-                    .await;
-                sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
-                answer
-            }
-            Backend::Postgres => {
-                let mut locker = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
-                sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
-                sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
-                    .execute(&mut locker)
-                    .await
-                    .unwrap();
-                let answer = app
-                    .call_with(
-                        Method::POST,
-                        "/api/trips",
-                        Some(&driver),
-                        Some(body.clone()),
-                        &key,
-                    )
-                    .await;
-                sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
-                answer
-            }
+    // Another process holds the write lock while the request runs.
+    use sqlx::Connection;
+    let (mut sqlite_lock, mut pg_lock) = (None, None);
+    match backend {
+        Backend::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+            sqlx::query("BEGIN EXCLUSIVE")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            sqlite_lock = Some(c);
         }
-    };
+        Backend::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+            sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+            sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            pg_lock = Some(c);
+        }
+    }
+    let answer = app
+        .call_with(
+            Method::POST,
+            "/api/trips",
+            Some(&driver),
+            Some(body.clone()),
+            &key,
+        )
+        .await;
+    if let Some(c) = sqlite_lock.as_mut() {
+        sqlx::query("ROLLBACK").execute(c).await.unwrap();
+    }
+    if let Some(c) = pg_lock.as_mut() {
+        sqlx::query("ROLLBACK").execute(c).await.unwrap();
+    }
     assert_eq!(answer.0, StatusCode::SERVICE_UNAVAILABLE, "{}", answer.1);
     assert_eq!(answer.1["error"]["code"], "DEADLINE_EXCEEDED");
     // Either the write was queued before its deadline and commits once the
