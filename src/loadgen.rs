@@ -59,6 +59,10 @@ pub struct Report {
     pub max_ms: f64,
     /// Non-2xx answers that were final, by status.
     pub failures: BTreeMap<u16, usize>,
+    /// The read-back: `GET /api/bookings/:id` once per booking, at the
+    /// run's concurrency.
+    pub reads: usize,
+    pub read_seconds: f64,
     /// Bookings whose state differs from what their events imply.
     pub mismatches: Vec<String>,
 }
@@ -89,6 +93,7 @@ impl Report {
             "seconds": self.seconds,
             "eventsPerSecond": self.events_per_second(),
             "latencyMs": {"p50": self.p50_ms, "p95": self.p95_ms, "p99": self.p99_ms, "max": self.max_ms},
+            "readsPerSecond": per_second(self.reads, self.read_seconds),
             "failures": self.failures.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "mismatches": self.mismatches,
         })
@@ -98,7 +103,8 @@ impl Report {
         let mut out = format!(
             "setup: {} bookings through the API in {:.2} s ({:.0} requests/s)\n\
              ingest: {} webhooks, {} acknowledged ({} replays, {} retried after 503) in {:.2} s: {:.0} events/s\n\
-             latency ms: p50 {:.2}, p95 {:.2}, p99 {:.2}, max {:.2}\n",
+             latency ms: p50 {:.2}, p95 {:.2}, p99 {:.2}, max {:.2}\n\
+             read back: {} bookings in {:.2} s ({:.0} reads/s)\n",
             self.bookings,
             self.setup_seconds,
             per_second(self.setup_requests, self.setup_seconds),
@@ -111,7 +117,10 @@ impl Report {
             self.p50_ms,
             self.p95_ms,
             self.p99_ms,
-            self.max_ms
+            self.max_ms,
+            self.reads,
+            self.read_seconds,
+            per_second(self.reads, self.read_seconds)
         );
         for (status, n) in &self.failures {
             out.push_str(&format!("FAILED: {n} answers {status}\n"));
@@ -461,17 +470,19 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     // 4. Read back.
     // Every booking must say what its whole script implies: an event the
     // engine lost (or, with the test knob, that was never sent) shows here.
+    // Timed: the reads/s figure. Tokens are minted before the clock starts,
+    // so the figure is the server's, not this client's signing.
     let (want_status, want_refunded) = expected(per_booking);
-    let secret = opts.jwt_secret.clone();
+    let reads: Vec<(Booked, String)> = booked
+        .into_iter()
+        .map(|b| token(&opts.jwt_secret, &b.rider).map(|t| (b, t)))
+        .collect::<Result<_, _>>()?;
+    report.reads = reads.len();
     let c = client.clone();
-    let read: Vec<Option<String>> = pool(booked, opts.concurrency, move |b| {
+    let started = Instant::now();
+    let read: Vec<Option<String>> = pool(reads, opts.concurrency, move |(b, rider)| {
         let c = c.clone();
-        let secret = secret.clone();
         async move {
-            let rider = match token(&secret, &b.rider) {
-                Ok(t) => t,
-                Err(e) => return Some(e),
-            };
             match c
                 .send(reqwest::Method::GET, &format!("/api/bookings/{}", b.booking_id), &rider, None)
                 .await
@@ -487,6 +498,7 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         }
     })
     .await;
+    report.read_seconds = started.elapsed().as_secs_f64();
     report.mismatches = read.into_iter().flatten().collect();
     Ok(report)
 }

@@ -239,37 +239,41 @@ macro_rules! impl_event_store {
                 abandon_after: chrono::Duration,
             ) -> Result<IdempotencyBegin, StoreError> {
                 let now = now();
-                let mut conn = self.pool.acquire().await?;
                 let claim = uuid::Uuid::new_v4().to_string();
-                let steps = async {
-                    // Abandoned keys (pending, nothing committed) go first,
-                    // so the insert below can claim them.
-                    sqlx::query($crate::store::sql::IDEMPOTENCY_PURGE)
-                        .bind(db_time(now - $crate::store::IDEMPOTENCY_RETENTION))
-                        .bind(db_time(now - abandon_after))
-                        .execute(&mut *conn)
-                        .await?;
-                    let claimed = sqlx::query($crate::store::sql::IDEMPOTENCY_CLAIM)
-                        .bind(scope)
-                        .bind(key)
-                        .bind(fingerprint)
-                        .bind(db_time(now))
-                        .bind(&claim)
-                        .execute(&mut *conn)
-                        .await?
-                        .rows_affected();
-                    if claimed == 1 {
-                        return Ok(None);
+                let claim_ref = &claim;
+                let steps = $crate::store::on_pooled(&self.pool, |e| self.stale(e), |mut conn| async move {
+                    let steps: Result<Option<Option<_>>, sqlx::Error> = async {
+                        // Abandoned keys (pending, nothing committed) go
+                        // first, so the insert below can claim them.
+                        sqlx::query($crate::store::sql::IDEMPOTENCY_PURGE)
+                            .bind(db_time(now - $crate::store::IDEMPOTENCY_RETENTION))
+                            .bind(db_time(now - abandon_after))
+                            .execute(&mut *conn)
+                            .await?;
+                        let claimed = sqlx::query($crate::store::sql::IDEMPOTENCY_CLAIM)
+                            .bind(scope)
+                            .bind(key)
+                            .bind(fingerprint)
+                            .bind(db_time(now))
+                            .bind(claim_ref)
+                            .execute(&mut *conn)
+                            .await?
+                            .rows_affected();
+                        if claimed == 1 {
+                            return Ok(None);
+                        }
+                        sqlx::query($crate::store::sql::IDEMPOTENCY_READ)
+                            .bind(scope)
+                            .bind(key)
+                            .fetch_optional(&mut *conn)
+                            .await
+                            .map(Some)
                     }
-                    sqlx::query($crate::store::sql::IDEMPOTENCY_READ)
-                        .bind(scope)
-                        .bind(key)
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map(Some)
-                }
-                .await;
-                let row = match $crate::store::recycle_on_error(conn, steps).await? {
+                    .await;
+                    (conn, steps)
+                })
+                .await?;
+                let row = match steps {
                     None => return Ok(IdempotencyBegin::Owned { claim }),
                     Some(row) => row,
                 };
@@ -304,16 +308,19 @@ macro_rules! impl_event_store {
                 status: u16,
                 body: &str,
             ) -> Result<(), StoreError> {
-                let mut conn = self.pool.acquire().await?;
-                let done = sqlx::query($crate::store::sql::IDEMPOTENCY_FINISH)
-                    .bind(scope)
-                    .bind(key)
-                    .bind(i32::from(status))
-                    .bind(body)
-                    .bind(claim)
-                    .execute(&mut *conn)
-                    .await;
-                $crate::store::recycle_on_error(conn, done).await.map(|_| ())
+                $crate::store::on_pooled(&self.pool, |e| self.stale(e), |mut conn| async move {
+                    let done = sqlx::query($crate::store::sql::IDEMPOTENCY_FINISH)
+                        .bind(scope)
+                        .bind(key)
+                        .bind(i32::from(status))
+                        .bind(body)
+                        .bind(claim)
+                        .execute(&mut *conn)
+                        .await;
+                    (conn, done)
+                })
+                .await
+                .map(|_| ())
             }
 
             async fn idempotency_settle(
@@ -324,16 +331,19 @@ macro_rules! impl_event_store {
                 status: u16,
                 body: &str,
             ) -> Result<(), StoreError> {
-                let mut conn = self.pool.acquire().await?;
-                let done = sqlx::query($crate::store::sql::IDEMPOTENCY_SETTLE)
-                    .bind(scope)
-                    .bind(key)
-                    .bind(seq)
-                    .bind(i32::from(status))
-                    .bind(body)
-                    .execute(&mut *conn)
-                    .await;
-                $crate::store::recycle_on_error(conn, done).await.map(|_| ())
+                $crate::store::on_pooled(&self.pool, |e| self.stale(e), |mut conn| async move {
+                    let done = sqlx::query($crate::store::sql::IDEMPOTENCY_SETTLE)
+                        .bind(scope)
+                        .bind(key)
+                        .bind(seq)
+                        .bind(i32::from(status))
+                        .bind(body)
+                        .execute(&mut *conn)
+                        .await;
+                    (conn, done)
+                })
+                .await
+                .map(|_| ())
             }
 
             async fn idempotency_abandon(
@@ -342,14 +352,17 @@ macro_rules! impl_event_store {
                 key: &str,
                 claim: &str,
             ) -> Result<(), StoreError> {
-                let mut conn = self.pool.acquire().await?;
-                let done = sqlx::query($crate::store::sql::IDEMPOTENCY_ABANDON)
-                    .bind(scope)
-                    .bind(key)
-                    .bind(claim)
-                    .execute(&mut *conn)
-                    .await;
-                $crate::store::recycle_on_error(conn, done).await.map(|_| ())
+                $crate::store::on_pooled(&self.pool, |e| self.stale(e), |mut conn| async move {
+                    let done = sqlx::query($crate::store::sql::IDEMPOTENCY_ABANDON)
+                        .bind(scope)
+                        .bind(key)
+                        .bind(claim)
+                        .execute(&mut *conn)
+                        .await;
+                    (conn, done)
+                })
+                .await
+                .map(|_| ())
             }
         }
 

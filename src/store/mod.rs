@@ -565,6 +565,34 @@ pub(crate) async fn recycle_on_error<DB: sqlx::Database, T>(
     }
 }
 
+/// Runs `op` on a pooled connection ([`recycle_on_error`] after an error).
+/// When the error says the connection itself is stale (`stale`: on SQLite,
+/// one that could only read, though the file may be writable by now),
+/// `op` runs once more, on a fresh connection: nothing was written, and a
+/// request should not fail because of a connection the pool kept.
+pub(crate) async fn on_pooled<DB, T, F, Fut>(
+    pool: &sqlx::Pool<DB>,
+    stale: impl Fn(&sqlx::Error) -> bool,
+    mut op: F,
+) -> Result<T, StoreError>
+where
+    DB: sqlx::Database,
+    F: FnMut(sqlx::pool::PoolConnection<DB>) -> Fut,
+    Fut: std::future::Future<Output = (sqlx::pool::PoolConnection<DB>, Result<T, sqlx::Error>)>,
+{
+    let mut retried = false;
+    loop {
+        let (conn, result) = op(pool.acquire().await?).await;
+        match result {
+            Err(e) if !retried && stale(&e) => {
+                retried = true;
+                let _ = conn.close().await;
+            }
+            result => return recycle_on_error(conn, result).await,
+        }
+    }
+}
+
 /// Compares the key-check value stored at first open with ours.
 pub(crate) fn check_key(stored: Option<String>, ours: &str) -> Result<(), StoreError> {
     match stored {

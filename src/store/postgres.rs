@@ -576,4 +576,12 @@ impl UnitTx for PgUnit {
 
 const PAGE: i64 = 1000;
 
+impl PgStore {
+    /// No PostgreSQL error makes a pooled connection worth retrying on a
+    /// fresh one ([`super::on_pooled`]); a failed one is closed.
+    fn stale(&self, _: &sqlx::Error) -> bool {
+        false
+    }
+}
+
 impl_event_store!(PgStore, "postgres", PAGE);

@@ -24,11 +24,12 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct SqliteStore {
     /// Readers: several connections; WAL lets them read while the writer writes.
     pub(super) pool: SqlitePool,
+    read_only_seen: ReadOnlySeen,
     /// The single writer's queue.
     writer: Writer,
 }
@@ -62,6 +63,13 @@ impl SqliteStore {
     ) -> Result<Self, StoreError> {
         let busy_timeout = timeouts.statement;
         let opts = options(url, busy_timeout)?;
+        // The writer's connection first: it says plainly when the file is
+        // read-only (sqlx would fail later, on a migration's write).
+        let config = WriterConfig {
+            path: opts.get_filename().to_path_buf(),
+            busy_timeout,
+        };
+        let writer_conn = config.open()?;
         let mut conn = SqliteConnection::connect_with(&opts)
             .await
             .map_err(|e| open_error(&opts, e))?;
@@ -75,23 +83,27 @@ impl SqliteStore {
             .fetch_optional(&mut conn)
             .await?;
         super::check_key(stored, &ours)?;
+        let read_only_seen = ReadOnlySeen::default();
+        let seen = read_only_seen.clone();
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(timeouts.acquire)
+            .before_acquire(move |_, meta| {
+                let fresh = !seen.predates(meta.age);
+                Box::pin(async move { Ok(fresh) })
+            })
             // Connections are replaced now and then: one opened while the
             // file was read-only does not stay read-only for ever.
             .max_lifetime(Duration::from_secs(60))
             .connect_with(opts.clone())
             .await?;
-        // Migrated and checked through sqlx; the writer thread opens its own
+        // Migrated and checked through sqlx; the writer thread has its own
         // connection to the same file.
         conn.close().await?;
-        let path = opts.get_filename().to_path_buf();
-        let config = WriterConfig { path, busy_timeout };
-        let writer_conn = config.open()?;
         let runner = Arc::new(SqliteWriter::start(config, writer_conn, chain_key)?);
         Ok(Self {
             pool,
+            read_only_seen,
             writer: Writer::spawn(runner, 1),
         })
     }
@@ -107,9 +119,55 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// A connection that could only read is stale ([`super::on_pooled`]):
+    /// it and every connection opened before it are replaced.
+    fn stale(&self, e: &sqlx::Error) -> bool {
+        self.read_only_seen.note(e)
+    }
+
     /// The reader pool, for tests that inspect or tamper with rows.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+}
+
+/// When a pooled connection last failed because it could only read.
+/// SQLite opens a file it may not write read-only, without an error, and
+/// the connection stays so after the permissions come back; so after such
+/// a failure every connection opened before it is replaced on its next
+/// acquire, and the pool writes again as soon as the file is writable
+/// (instead of failing once per stale connection).
+#[derive(Clone, Default)]
+struct ReadOnlySeen(Arc<std::sync::Mutex<Option<Instant>>>);
+
+impl ReadOnlySeen {
+    /// Notes `e` if it says the connection could only read.
+    fn note(&self, e: &sqlx::Error) -> bool {
+        let read_only = is_read_only(e);
+        if read_only {
+            *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
+        read_only
+    }
+
+    /// A connection `age` old was opened before the latest such failure.
+    fn predates(&self, age: Duration) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| age >= at.elapsed())
+    }
+}
+
+/// SQLITE_READONLY, or one of its extended codes.
+fn is_read_only(e: &sqlx::Error) -> bool {
+    const SQLITE_READONLY: i32 = 8;
+    match e {
+        sqlx::Error::Database(d) => d
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| c & 0xff == SQLITE_READONLY),
+        _ => false,
     }
 }
 

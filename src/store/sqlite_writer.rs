@@ -55,9 +55,27 @@ pub(crate) fn cannot_open(path: &std::path::Path, e: impl std::fmt::Display) -> 
     ))
 }
 
+/// The SQLite file (or its directory, or its file system) is not writable.
+pub(crate) fn read_only(path: &std::path::Path) -> StoreError {
+    StoreError::Unavailable(format!(
+        "the SQLite database {} is read-only: the engine's user must be able to write the file, \
+         its -wal and -shm files and its directory, on a file system mounted read-write",
+        path.display()
+    ))
+}
+
 impl WriterConfig {
+    /// Opens the writer's connection, refusing one SQLite could only open
+    /// read-only: it falls back to read-only without an error when the file
+    /// is not writable, and such a connection would fail every batch even
+    /// after the permissions come back. Refused, the next batch tries again.
     pub fn open(&self) -> Result<Connection, StoreError> {
-        self.try_open().map_err(|e| cannot_open(&self.path, e))
+        let conn = self.try_open().map_err(|e| cannot_open(&self.path, e))?;
+        match conn.is_readonly(rusqlite::DatabaseName::Main) {
+            Ok(false) => Ok(conn),
+            Ok(true) => Err(read_only(&self.path)),
+            Err(e) => Err(cannot_open(&self.path, e)),
+        }
     }
 
     fn try_open(&self) -> Result<Connection, rusqlite::Error> {

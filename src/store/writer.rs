@@ -63,7 +63,7 @@ struct Shared {
     closed: AtomicBool,
     /// When the latest batch failed (ms since `epoch`), 0 after a success:
     /// a writer that cannot write makes `/health` 503 until one commits.
-    failing_since_ms: AtomicU64,
+    last_failure_ms: AtomicU64,
     epoch: std::time::Instant,
     stop: tokio::sync::watch::Sender<bool>,
     handles: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -96,7 +96,7 @@ impl Writer {
             commit_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
             running: AtomicUsize::new(tasks),
             closed: AtomicBool::new(false),
-            failing_since_ms: AtomicU64::new(0),
+            last_failure_ms: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
             stop,
             handles: Mutex::new(Vec::new()),
@@ -131,10 +131,10 @@ impl Writer {
     /// committed since. (Older failures are not held against it: with no
     /// writes to try, there is no news; the next write tells.)
     pub fn failing(&self, within: std::time::Duration) -> bool {
-        let since = self.shared.failing_since_ms.load(Ordering::SeqCst);
-        since != 0 && {
+        let last = self.shared.last_failure_ms.load(Ordering::SeqCst);
+        last != 0 && {
             let now = self.shared.epoch.elapsed().as_millis() as u64;
-            now.saturating_sub(since) < within.as_millis() as u64
+            now.saturating_sub(last) < within.as_millis() as u64
         }
     }
 
@@ -234,17 +234,12 @@ async fn writer_loop<R: BatchRunner>(
         let shared = &running.0;
         let mark = |failed: bool| {
             let now = (shared.epoch.elapsed().as_millis() as u64).max(1);
-            if failed {
-                // Keep the first failure's time while failures go on.
-                let _ = shared.failing_since_ms.compare_exchange(
-                    0,
-                    now,
-                    Ordering::SeqCst,
-                    Ordering::SeqCst,
-                );
-            } else {
-                shared.failing_since_ms.store(0, Ordering::SeqCst);
-            }
+            // The latest failure's time: while failures go on, the window
+            // runs from the newest one (a disk full for minutes keeps
+            // `/health` at 503 for as long as writes fail).
+            shared
+                .last_failure_ms
+                .store(if failed { now } else { 0 }, Ordering::SeqCst);
         };
         match outcome {
             Ok(results) => {

@@ -30,7 +30,7 @@ pub fn test_config(db_url: &str, overrides: &[(&str, &str)]) -> (Config, tempfil
     let dir = tempfile::tempdir().unwrap();
     let mut vars: HashMap<String, String> = [
         ("DATABASE_URL", db_url),
-        ("JWT_SECRET", "test-jwt-secret-0123456789abcdef0123456789"),
+        ("JWT_SECRET", crate::api::JWT_SECRET),
         ("ENCRYPTION_KEY", ENCRYPTION_KEY_HEX),
         ("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET),
     ]
@@ -132,4 +132,115 @@ impl TestApp {
         let status = res.status();
         (status, res.json::<Value>().await.unwrap_or(Value::Null))
     }
+}
+
+/// A `klubz-ledger serve` child process (the real binary) and its captured
+/// stdout.
+pub struct Server {
+    pub child: tokio::process::Child,
+    pub base: String,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// Starts `klubz-ledger serve` in `dir` with `env` on a free port.
+pub async fn start_server(dir: &std::path::Path, env: &[(&str, &str)]) -> Server {
+    start_server_as(None, dir, env).await
+}
+
+/// `start_server`, the process running as the given user (a uid of the
+/// machine's, `setpriv`) instead of this test's: root ignores file modes.
+pub async fn start_server_as(
+    uid: Option<u32>,
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Server {
+    use tokio::io::AsyncBufReadExt;
+    let exe = env!("CARGO_BIN_EXE_klubz-ledger");
+    let mut cmd = match uid {
+        None => tokio::process::Command::new(exe),
+        Some(uid) => {
+            let mut c = tokio::process::Command::new("setpriv");
+            c.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .args(["--clear-groups", "--", exe]);
+            c
+        }
+    };
+    cmd.arg("serve")
+        .current_dir(dir)
+        .env("BIND_ADDR", "127.0.0.1:0")
+        .env("LOG_FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawn serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel::<String>();
+    let sink = lines.clone();
+    tokio::spawn(async move {
+        let mut addr_tx = Some(addr_tx);
+        let mut reader = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            if line.contains("klubz-ledger listening") {
+                let v: Value = serde_json::from_str(&line).unwrap_or_default();
+                if let (Some(tx), Some(a)) = (addr_tx.take(), v["address"].as_str()) {
+                    let _ = tx.send(a.to_string());
+                }
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let addr = addr_rx.await.expect("server printed its address");
+    Server {
+        child,
+        base: format!("http://{addr}"),
+        lines,
+    }
+}
+
+impl Server {
+    /// Stops the server (SIGTERM, graceful) and returns everything it logged.
+    pub async fn stop(mut self) -> Vec<String> {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+        }
+        let _ = self.child.wait().await;
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Posts a Stripe event signed with [`WEBHOOK_SECRET`] (the server must
+    /// run with [`test_env`]).
+    pub async fn webhook(&self, event: &Value) -> (StatusCode, Value) {
+        let body = serde_json::to_vec(event).unwrap();
+        let res = reqwest::Client::new()
+            .post(format!("{}/api/payments/webhook", self.base))
+            .header("content-type", "application/json")
+            .header("stripe-signature", sign(&body))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        (status, res.json::<Value>().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let res = reqwest::get(format!("{}{path}", self.base)).await.unwrap();
+        let status = res.status();
+        (status, res.json::<Value>().await.unwrap_or(Value::Null))
+    }
+}
+
+/// The environment of [`test_config`] for a `serve` process.
+pub fn test_env(db_url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", db_url.to_string()),
+        ("JWT_SECRET", crate::api::JWT_SECRET.to_string()),
+        ("ENCRYPTION_KEY", ENCRYPTION_KEY_HEX.to_string()),
+        ("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET.to_string()),
+    ]
 }

@@ -1,5 +1,6 @@
 //! The `klubz-ledger` binary as an operator runs it.
 
+use crate::app::start_server;
 use crate::helpers::admin_url;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -432,63 +433,6 @@ fn serve_help_lists_the_configuration_with_defaults() {
         "NOTIFY_URL",
     ] {
         assert!(help.contains(needle), "{needle} missing:\n{help}");
-    }
-}
-
-/// A `klubz-ledger serve` child process and its captured stdout.
-struct Server {
-    child: tokio::process::Child,
-    base: String,
-    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-async fn start_server(dir: &Path, env: &[(&str, &str)]) -> Server {
-    use tokio::io::AsyncBufReadExt;
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_klubz-ledger"));
-    cmd.arg("serve")
-        .current_dir(dir)
-        .env("BIND_ADDR", "127.0.0.1:0")
-        .env("LOG_FORMAT", "json")
-        .env_remove("RUST_LOG")
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("spawn serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel::<String>();
-    let sink = lines.clone();
-    tokio::spawn(async move {
-        let mut addr_tx = Some(addr_tx);
-        let mut reader = tokio::io::BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = reader.next_line().await {
-            if line.contains("klubz-ledger listening") {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                if let (Some(tx), Some(a)) = (addr_tx.take(), v["address"].as_str()) {
-                    let _ = tx.send(a.to_string());
-                }
-            }
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let addr = addr_rx.await.expect("server printed its address");
-    Server {
-        child,
-        base: format!("http://{addr}"),
-        lines,
-    }
-}
-
-impl Server {
-    /// Stops the server (SIGTERM, graceful) and returns everything it logged.
-    async fn stop(mut self) -> Vec<String> {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg(pid.to_string())
-                .status();
-        }
-        let _ = self.child.wait().await;
-        self.lines.lock().unwrap().clone()
     }
 }
 

@@ -1,12 +1,13 @@
 //! Storage faults the engine must heal from on its own (issue 11): an
-//! SQLite disk that fills up and is freed, and a private PostgreSQL
-//! cluster (never the shared one) that is stopped and started, or hung
-//! (SIGSTOP) and resumed. In each: refused writes answer 503, `/health`
-//! answers 503, nothing acknowledged is lost, nothing is stored twice, and
-//! once the cause goes the same process serves again without a restart.
+//! SQLite disk that fills up and is freed, an SQLite file made read-only
+//! and writable again, and a private PostgreSQL cluster (never the shared
+//! one) that is stopped and started, or hung (SIGSTOP) and resumed. In
+//! each: refused writes answer 503, `/health` answers 503, nothing
+//! acknowledged is lost, nothing is stored twice, and once the cause goes
+//! the same process serves again without a restart.
 //!
-//! These need root (a tmpfs mount, `runuser postgres`): CI runs as root.
-//! Without it they fail, saying why; they never skip.
+//! These need root (a tmpfs mount, `runuser postgres`, `setpriv`): CI runs
+//! as root. Without it they fail, saying why; they never skip.
 
 use crate::app::*;
 use crate::helpers::*;
@@ -353,4 +354,174 @@ async fn postgres_stopped_then_started_heals_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_hung_then_resumed_heals_itself() {
     postgres_fault_heals("hung", |c| c.signal("-STOP"), |c| c.signal("-CONT")).await;
+}
+
+/// Makes the SQLite file and its WAL and shared-memory files read-only, or
+/// writable again, for the `nobody` the server runs as.
+fn set_writable(db: &Path, writable: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if writable { 0o644 } else { 0o444 };
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", db.display()));
+        if file.exists() {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+    }
+}
+
+async fn trip_with_key(server: &Server, key: &str) -> (StatusCode, Value) {
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/trips", server.base))
+        .bearer_auth(crate::api::token(
+            "u-ro-driver",
+            klubz_ledger::auth::Role::User,
+            Some("org-ro"),
+        ))
+        .header("idempotency-key", key)
+        .json(&serde_json::json!({"title": "Read-only", "seats": 2,
+            "pricePerSeatCents": 700, "currency": "zar",
+            "departureTime": "2030-01-01T08:00:00Z"}))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// The SQLite file turns read-only under a running engine whose writer has
+/// to reopen it (here after another process held the write lock past the
+/// busy timeout, which fails a batch and drops the writer's connection).
+/// SQLite opens an unwritable file read-only without an error; the writer
+/// refuses such a connection, so while it lasts writes answer 503 and
+/// `/health` 503, and once the permissions come back the same process
+/// writes again, API writes too. File modes do not stop root, so the
+/// engine runs as `nobody` here: a real `serve` process. A `serve` started
+/// on a read-only file refuses to start, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_read_only_then_writable_heals_itself() {
+    const NOBODY: u32 = 65_534;
+    let dir = tempfile::tempdir().unwrap();
+    run(Command::new("chown")
+        .arg(format!("{NOBODY}:{NOBODY}"))
+        .arg(dir.path()));
+    let db = dir.path().join("ledger.db");
+    let url = format!("sqlite://{}", db.display());
+    let mut env = test_env(&url);
+    env.push(("DB_STATEMENT_TIMEOUT_MS", "300".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = start_server_as(Some(NOBODY), dir.path(), &env).await;
+    let mut acked = vec!["evt_ro_before".to_string()];
+    assert_eq!(
+        server.webhook(&unbound_event(&acked[0])).await.0,
+        StatusCode::OK
+    );
+
+    // Another process holds the write lock: the batch fails after the busy
+    // timeout and the writer drops its connection.
+    let blocker = rusqlite::Connection::open(&db).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let during = "evt_ro_during".to_string();
+    let (status, answer) = server.webhook(&unbound_event(&during)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    // The file turns read-only before the writer opens it again.
+    set_writable(&db, false);
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
+
+    let (status, answer) = server.webhook(&unbound_event(&during)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_eq!(answer["error"]["code"], "STORAGE_UNAVAILABLE", "{answer}");
+    let (status, answer) = trip_with_key(&server, "ro-trip").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    let (status, body) = server.get("/health").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(
+        (body["database"].as_str(), body["writer"].as_str()),
+        (Some("ok"), Some("failing")),
+        "reads work, writes do not: {body}"
+    );
+
+    set_writable(&db, true);
+    let mut healed = false;
+    for _ in 0..500 {
+        let (status, answer) = server.webhook(&unbound_event(&during)).await;
+        if status == StatusCode::OK {
+            healed = true;
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    }
+    assert!(healed, "never acknowledged after the file became writable");
+    acked.push(during);
+    let (status, trip) = trip_with_key(&server, "ro-trip").await;
+    if status != StatusCode::CREATED {
+        let l = server.stop().await;
+        for x in l {
+            if x.contains("WARN") || x.contains("ERROR") || x.contains("warn") {
+                eprintln!("{x}");
+            }
+        }
+        panic!();
+    }
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the refused API write, retried: {trip}"
+    );
+    assert_eq!(server.get("/health").await.0, StatusCode::OK);
+    let after = "evt_ro_after".to_string();
+    assert_eq!(
+        server.webhook(&unbound_event(&after)).await.0,
+        StatusCode::OK
+    );
+    acked.push(after);
+    let logs = server.stop().await.join("\n");
+    assert!(
+        logs.contains("attempt to write a readonly database"),
+        "the refusals name the cause in the log"
+    );
+
+    // Started on a read-only file: refused at once, saying why.
+    set_writable(&db, false);
+    let out = Command::new("setpriv")
+        .arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .args([
+            "--clear-groups",
+            "--",
+            env!("CARGO_BIN_EXE_klubz-ledger"),
+            "serve",
+        ])
+        .current_dir(dir.path())
+        .env("BIND_ADDR", "127.0.0.1:0")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("read-only"), "{said}");
+    set_writable(&db, true);
+
+    // As root, after the server: each acknowledged event once, the chain
+    // intact, and the one trip.
+    let store = klubz_ledger::store::open(&url, chain_key()).await.unwrap();
+    let db = TestDb::with_store(Backend::Sqlite, &url, store);
+    let events = db.store.read_after(0, 100_000).await.unwrap();
+    let trips = events.iter().filter(|e| e.kind == "TripPublished").count();
+    assert_eq!(trips, 1, "one trip for the retried key");
+    let webhooks: Vec<String> = events
+        .iter()
+        .filter(|e| e.idempotency_key.starts_with("stripe:"))
+        .map(|e| e.idempotency_key.clone())
+        .collect();
+    let want: Vec<String> = acked.iter().map(|id| format!("stripe:{id}")).collect();
+    assert_eq!(webhooks, want, "each acknowledged event once, in order");
+    let report = klubz_ledger::store::verify::verify(db.store.as_ref(), &chain_key())
+        .await
+        .unwrap();
+    assert!(report.is_ok(), "{report:?}");
 }
