@@ -96,8 +96,7 @@ async fn decide_booking(
                 return Err(ApiError::validation(format!("unknown field `{field}`")));
             }
         }
-        let booking = super::load_booking(&state, &booking_id).await?;
-        let trip = super::load_trip(&state, &booking.trip_id).await?;
+        let (booking, trip, _) = super::load_booking_and_trip(&state, &booking_id).await?;
         let (allowed, expected) = match decision {
             Decision::Accept | Decision::Reject => (
                 caller.user_id == trip.driver_id,
@@ -135,8 +134,7 @@ async fn decide_booking(
             // A concurrent request made this decision first.
             return Err(ApiError::conflict(format!("booking was already {verb}ed")));
         }
-        let booking = super::load_booking(&state, &booking_id).await?;
-        let trip = super::load_trip(&state, &booking.trip_id).await?;
+        let (booking, trip, _) = super::load_booking_and_trip(&state, &booking_id).await?;
         Ok(Written::new(
             StatusCode::OK,
             views::booking(&booking, &trip),
@@ -182,9 +180,7 @@ async fn show(
     Path(booking_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let booking_id = numeric_id(&booking_id, "bookingId")?;
-    let seq = state.store.head_seq().await.map_err(super::store_error)?;
-    let booking = super::load_booking(&state, &booking_id).await?;
-    let trip = super::load_trip(&state, &booking.trip_id).await?;
+    let (booking, trip, seq) = super::load_booking_and_trip(&state, &booking_id).await?;
     require(
         can_view_booking(&caller, &trip, &booking),
         "see this booking",
@@ -198,9 +194,7 @@ async fn timeline(
     Path(booking_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let booking_id = numeric_id(&booking_id, "bookingId")?;
-    let seq = state.store.head_seq().await.map_err(super::store_error)?;
-    let booking = super::load_booking(&state, &booking_id).await?;
-    let trip = super::load_trip(&state, &booking.trip_id).await?;
+    let (booking, trip, seq) = super::load_booking_and_trip(&state, &booking_id).await?;
     require(
         can_view_booking(&caller, &trip, &booking),
         "see this booking",

@@ -219,8 +219,7 @@ async fn from_log(state: &AppState, seq: i64) -> WriteResult {
         })?;
     let event = stored.recorded().map_err(super::store_error)?.event;
     let booking = |id: String, status: StatusCode| async move {
-        let booking = super::load_booking(state, &id).await?;
-        let trip = super::load_trip(state, &booking.trip_id).await?;
+        let (booking, trip, _) = super::load_booking_and_trip(state, &id).await?;
         Ok(Written::new(
             status,
             super::views::booking(&booking, &trip),

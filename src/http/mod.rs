@@ -168,6 +168,22 @@ pub(crate) async fn load_booking(
         .ok_or_else(|| ApiError::not_found("booking"))
 }
 
+/// A booking and its trip, read together, with the log position they
+/// reflect (404 naming whichever is missing).
+pub(crate) async fn load_booking_and_trip(
+    state: &AppState,
+    booking_id: &str,
+) -> Result<(BookingView, TripState, i64), ApiError> {
+    let read = state
+        .store
+        .booking_read(booking_id)
+        .await
+        .map_err(store_error)?;
+    let booking = read.booking.ok_or_else(|| ApiError::not_found("booking"))?;
+    let trip = read.trip.ok_or_else(|| ApiError::not_found("trip"))?;
+    Ok((booking, trip, read.seq))
+}
+
 /// A read's JSON with the log position it reflects.
 pub(crate) fn read_response(body: serde_json::Value, seq: i64) -> Response {
     let mut response = Json(body).into_response();

@@ -70,8 +70,7 @@ async fn intent(
             }
             let currency = Currency::parse(&req.currency)
                 .map_err(|e| ApiError::validation(format!("currency: {e}")))?;
-            let booking = super::load_booking(&state, &booking_id).await?;
-            let trip = super::load_trip(&state, &booking.trip_id).await?;
+            let (booking, trip, _) = super::load_booking_and_trip(&state, &booking_id).await?;
             require(caller.user_id == booking.user_id, "pay for this booking")?;
             if booking.status != BookingStatus::Accepted {
                 return Err(ApiError::conflict(format!(

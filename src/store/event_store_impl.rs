@@ -1,6 +1,9 @@
 //! The store traits' methods that read or keep small records (`EventLog`,
 //! `ReadModels`, `IdempotencyKeys`, `OperatorState`), written once for both
-//! backends and stamped onto each backend's store type. Rows are read into
+//! backends and stamped onto each backend's store type. The point reads
+//! (`head_seq`, `booking`, `booking_read`, `trip`) call each store's own
+//! `point_*` methods:
+//! SQLite serves them off sqlx ([`super::sqlite_reader`]). Rows are read into
 //! the typed rows of [`rows`](super::rows), shared by both dialects; the
 //! only dialect difference left here is `db_time`, how a time is bound.
 
@@ -39,10 +42,7 @@ macro_rules! impl_event_store {
             }
 
             async fn head_seq(&self) -> Result<i64, StoreError> {
-                let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events")
-                    .fetch_one(&self.pool)
-                    .await?;
-                Ok(seq.unwrap_or(0))
+                self.point_head_seq().await
             }
 
             async fn read_stream(&self, stream: &str) -> Result<Vec<StoredEvent>, StoreError> {
@@ -106,19 +106,18 @@ macro_rules! impl_event_store {
         #[async_trait::async_trait]
         impl $crate::store::ReadModels for $store {
             async fn booking(&self, booking_id: &str) -> Result<Option<BookingView>, StoreError> {
-                let row = sqlx::query("SELECT * FROM trip_participants WHERE booking_id = $1")
-                    .bind(booking_id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                Ok(row.as_ref().map($crate::store::rows::booking).transpose()?)
+                self.point_booking(booking_id).await
+            }
+
+            async fn booking_read(
+                &self,
+                booking_id: &str,
+            ) -> Result<$crate::store::BookingRead, StoreError> {
+                self.point_booking_read(booking_id).await
             }
 
             async fn trip(&self, trip_id: &str) -> Result<Option<TripState>, StoreError> {
-                let row = sqlx::query("SELECT * FROM trips WHERE trip_id = $1")
-                    .bind(trip_id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                Ok(row.as_ref().map($crate::store::rows::trip).transpose()?)
+                self.point_trip(trip_id).await
             }
 
             async fn timeline(&self, booking_id: &str) -> Result<Vec<TimelineEntry>, StoreError> {

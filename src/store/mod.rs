@@ -18,6 +18,7 @@ pub mod postgres;
 mod rows;
 mod sql;
 pub mod sqlite;
+mod sqlite_reader;
 pub(crate) mod sqlite_writer;
 mod unit;
 pub mod verify;
@@ -388,6 +389,12 @@ pub trait EventLog: Send + Sync {
 pub trait ReadModels: Send + Sync {
     async fn booking(&self, booking_id: &str) -> Result<Option<BookingView>, StoreError>;
 
+    /// The log's head, the booking and its trip, read together: what an
+    /// API read answers. On SQLite one snapshot (the projections are
+    /// exactly as of `seq`); on PostgreSQL the head is read first, so the
+    /// projections are at least as new as it.
+    async fn booking_read(&self, booking_id: &str) -> Result<BookingRead, StoreError>;
+
     async fn trip(&self, trip_id: &str) -> Result<Option<TripState>, StoreError>;
 
     /// The booking's events with their outcomes, in seq order.
@@ -407,6 +414,15 @@ pub trait ReadModels: Send + Sync {
 
     /// Counts for monitoring.
     async fn stats(&self) -> Result<LedgerStats, StoreError>;
+}
+
+/// [`ReadModels::booking_read`]'s answer.
+#[derive(Debug, Clone)]
+pub struct BookingRead {
+    pub seq: i64,
+    pub booking: Option<BookingView>,
+    /// The booking's trip (`None` with no booking, or a trip not found).
+    pub trip: Option<TripState>,
 }
 
 /// `Idempotency-Key` records of the HTTP API.

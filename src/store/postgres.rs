@@ -577,6 +577,39 @@ impl UnitTx for PgUnit {
 const PAGE: i64 = 1000;
 
 impl PgStore {
+    async fn point_head_seq(&self) -> Result<i64, StoreError> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    async fn point_booking(&self, booking_id: &str) -> Result<Option<BookingView>, StoreError> {
+        let row = sqlx::query("SELECT * FROM trip_participants WHERE booking_id = $1")
+            .bind(booking_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(super::rows::booking).transpose()?)
+    }
+
+    async fn point_booking_read(&self, booking_id: &str) -> Result<super::BookingRead, StoreError> {
+        let seq = self.point_head_seq().await?;
+        let booking = self.point_booking(booking_id).await?;
+        let trip = match &booking {
+            Some(b) => self.point_trip(&b.trip_id).await?,
+            None => None,
+        };
+        Ok(super::BookingRead { seq, booking, trip })
+    }
+
+    async fn point_trip(&self, trip_id: &str) -> Result<Option<TripState>, StoreError> {
+        let row = sqlx::query("SELECT * FROM trips WHERE trip_id = $1")
+            .bind(trip_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(super::rows::trip).transpose()?)
+    }
+
     /// No PostgreSQL error makes a pooled connection worth retrying on a
     /// fresh one ([`super::on_pooled`]); a failed one is closed.
     fn stale(&self, _: &sqlx::Error) -> bool {

@@ -183,21 +183,21 @@ impl TryFrom<TripRow> for TripState {
 /// A `trip_participants` row.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct BookingRow {
-    booking_id: String,
-    trip_id: String,
-    user_id: String,
-    org_id: Option<String>,
-    passengers: i32,
-    status: String,
-    payment_status: String,
-    payment_intent_id: Option<String>,
-    amount_cents: Option<i64>,
-    currency: Option<String>,
-    amount_refunded_cents: i64,
-    attempts: i32,
-    version: i64,
-    last_event_seq: i64,
-    updated_at: StoredTime,
+    pub booking_id: String,
+    pub trip_id: String,
+    pub user_id: String,
+    pub org_id: Option<String>,
+    pub passengers: i32,
+    pub status: String,
+    pub payment_status: String,
+    pub payment_intent_id: Option<String>,
+    pub amount_cents: Option<i64>,
+    pub currency: Option<String>,
+    pub amount_refunded_cents: i64,
+    pub attempts: i32,
+    pub version: i64,
+    pub last_event_seq: i64,
+    pub updated_at: StoredTime,
 }
 
 impl TryFrom<BookingRow> for BookingView {

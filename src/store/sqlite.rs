@@ -6,6 +6,7 @@
 use super::chain::ChainKey;
 use super::migrations::{migrator, Dialect};
 use super::sql::{booking_history_sql, EVENT_COLUMNS};
+use super::sqlite_reader::PointReader;
 use super::sqlite_writer::{SqliteWriter, WriterConfig};
 use super::unit::BatchError;
 use super::writer::Writer;
@@ -30,6 +31,8 @@ pub struct SqliteStore {
     /// Readers: several connections; WAL lets them read while the writer writes.
     pub(super) pool: SqlitePool,
     read_only_seen: ReadOnlySeen,
+    /// The hot point reads, off sqlx.
+    points: PointReader,
     /// The single writer's queue.
     writer: Writer,
 }
@@ -88,6 +91,10 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(timeouts.acquire)
+            // No ping on each acquire: the file is local, a ping proves
+            // nothing a query would not, and each one was two thread
+            // hand-offs (a read did three).
+            .test_before_acquire(false)
             .before_acquire(move |_, meta| {
                 let fresh = !seen.predates(meta.age);
                 Box::pin(async move { Ok(fresh) })
@@ -100,10 +107,12 @@ impl SqliteStore {
         // Migrated and checked through sqlx; the writer thread has its own
         // connection to the same file.
         conn.close().await?;
+        let points = PointReader::new(config.path.clone(), busy_timeout);
         let runner = Arc::new(SqliteWriter::start(config, writer_conn, chain_key)?);
         Ok(Self {
             pool,
             read_only_seen,
+            points,
             writer: Writer::spawn(runner, 1),
         })
     }
@@ -117,6 +126,22 @@ impl SqliteStore {
         migrator(Dialect::Sqlite).run(&mut conn).await?;
         conn.close().await?;
         Ok(())
+    }
+
+    async fn point_head_seq(&self) -> Result<i64, StoreError> {
+        self.points.head_seq().await
+    }
+
+    async fn point_booking(&self, booking_id: &str) -> Result<Option<BookingView>, StoreError> {
+        self.points.booking(booking_id).await
+    }
+
+    async fn point_booking_read(&self, booking_id: &str) -> Result<super::BookingRead, StoreError> {
+        self.points.booking_read(booking_id).await
+    }
+
+    async fn point_trip(&self, trip_id: &str) -> Result<Option<TripState>, StoreError> {
+        self.points.trip(trip_id).await
     }
 
     /// A connection that could only read is stale ([`super::on_pooled`]):

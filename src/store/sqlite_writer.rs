@@ -268,8 +268,31 @@ fn time(raw: &str) -> Result<DateTime<Utc>, BatchError> {
         .map_err(|e| BatchError::Corrupt(format!("bad time {raw:?}: {e}")))
 }
 
+/// A trip by id, in [`trip_row`]'s columns.
+pub(crate) const TRIP_SELECT: &str =
+    "SELECT trip_id, driver_id, org_id, title, seats, price_per_seat_cents, currency, \
+        departure_time, cancelled, seats_accepted, version, last_event_seq \
+     FROM trips WHERE trip_id = ?1";
+
+pub(crate) fn trip_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TripRow> {
+    Ok(TripRow {
+        trip_id: r.get(0)?,
+        driver_id: r.get(1)?,
+        org_id: r.get(2)?,
+        title: r.get(3)?,
+        seats: r.get(4)?,
+        price_per_seat_cents: r.get(5)?,
+        currency: r.get(6)?,
+        departure_time: time_column(r, 7)?,
+        cancelled: r.get(8)?,
+        seats_accepted: r.get(9)?,
+        version: r.get(10)?,
+        last_event_seq: r.get(11)?,
+    })
+}
+
 /// A stored time column (RFC 3339 text).
-fn time_column(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<StoredTime> {
+pub(crate) fn time_column(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<StoredTime> {
     let raw: String = r.get(i)?;
     DateTime::parse_from_rfc3339(&raw)
         .map(|t| StoredTime(t.with_timezone(&Utc)))
@@ -330,31 +353,10 @@ impl UnitTx for Unit<'_> {
     }
 
     async fn trips(&mut self, ids: &[String]) -> Result<HashMap<String, TripState>, BatchError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT trip_id, driver_id, org_id, title, seats, price_per_seat_cents, currency, \
-                departure_time, cancelled, seats_accepted, version, last_event_seq \
-             FROM trips WHERE trip_id = ?1",
-        )?;
+        let mut stmt = self.conn.prepare_cached(TRIP_SELECT)?;
         let mut out = HashMap::new();
         for id in ids {
-            let row = stmt
-                .query_row([id], |r| {
-                    Ok(TripRow {
-                        trip_id: r.get(0)?,
-                        driver_id: r.get(1)?,
-                        org_id: r.get(2)?,
-                        title: r.get(3)?,
-                        seats: r.get(4)?,
-                        price_per_seat_cents: r.get(5)?,
-                        currency: r.get(6)?,
-                        departure_time: time_column(r, 7)?,
-                        cancelled: r.get(8)?,
-                        seats_accepted: r.get(9)?,
-                        version: r.get(10)?,
-                        last_event_seq: r.get(11)?,
-                    })
-                })
-                .optional()?;
+            let row = stmt.query_row([id], trip_row).optional()?;
             if let Some(row) = row {
                 out.insert(id.clone(), decoded(TripState::try_from(row))?);
             }

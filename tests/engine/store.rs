@@ -668,6 +668,38 @@ pub async fn second_process_shares_the_log(backend: Backend) {
     assert_verified(&db).await;
 }
 
+/// `booking_read`, the API's read: the head of the log, the booking and
+/// its trip as the single reads give them, a write from another process
+/// seen at once, and nothing for an unknown booking.
+pub async fn booking_read_is_head_booking_and_trip_together(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let none = db.store.booking_read("b1").await.unwrap();
+    assert_eq!(none.seq, 0);
+    assert!(none.booking.is_none() && none.trip.is_none());
+    db.accepted_booking().await;
+    let read = db.store.booking_read("b1").await.unwrap();
+    assert_eq!(read.seq, db.store.head_seq().await.unwrap());
+    assert_eq!(read.booking, db.store.booking("b1").await.unwrap());
+    assert_eq!(read.trip, db.store.trip("t1").await.unwrap());
+    assert_eq!(read.trip.as_ref().unwrap().seats_accepted, 2);
+
+    let other = db.share().await;
+    other.bind("b1", "u1", "pi_1", 2000).await.unwrap();
+    let later = db.store.booking_read("b1").await.unwrap();
+    assert!(later.seq > read.seq, "the other process's write is seen");
+    assert_eq!(
+        later.booking.unwrap().payment_intent_id.as_deref(),
+        Some("pi_1")
+    );
+    assert!(db
+        .store
+        .booking_read("b404")
+        .await
+        .unwrap()
+        .booking
+        .is_none());
+}
+
 pub async fn read_apis_page_and_stream_in_order(backend: Backend) {
     let db = TestDb::new(backend).await;
     db.accepted_booking().await;
@@ -829,6 +861,7 @@ on_both_backends!(store:
     no_overbooking_under_concurrent_accepts,
     restart_loses_nothing_committed,
     second_process_shares_the_log,
+    booking_read_is_head_booking_and_trip_together,
     read_apis_page_and_stream_in_order,
     side_effects_are_produced_once,
 );
