@@ -20,9 +20,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Connections kept open between reads; more are opened under a burst and
-/// closed after it.
-const MAX_IDLE: usize = 8;
+/// Connections, each kept open between reads. A read waits (async) for one
+/// rather than opening another: opening costs more than a read (the
+/// schema is parsed), and a profile under write load showed reads beyond
+/// a fixed set of idle connections reopening all the time.
+const CONNECTIONS: usize = 4;
 
 const HEAD_SELECT: &str = "SELECT MAX(seq) FROM events";
 
@@ -40,6 +42,9 @@ struct Inner {
     path: PathBuf,
     busy_timeout: Duration,
     idle: Mutex<Vec<Connection>>,
+    /// One per connection: held from before a read is handed to the
+    /// blocking pool until its connection is back in `idle`.
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl PointReader {
@@ -49,6 +54,7 @@ impl PointReader {
                 path,
                 busy_timeout,
                 idle: Mutex::new(Vec::new()),
+                permits: Arc::new(tokio::sync::Semaphore::new(CONNECTIONS)),
             }),
         }
     }
@@ -62,17 +68,28 @@ impl PointReader {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let inner = self.inner.clone();
+        let permit = self
+            .inner
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unavailable("the SQLite readers are closed".into()))?;
         tokio::task::spawn_blocking(move || {
+            // Held until the connection is back in `idle`, however the read
+            // ends.
+            let _permit = permit;
             let idle = inner.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let conn = match idle {
                 Some(c) => c,
                 None => inner.open()?,
             };
             let result = read(&conn)?;
-            let mut idle = inner.idle.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < MAX_IDLE {
-                idle.push(conn);
-            }
+            inner
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
             Ok(result)
         })
         .await
