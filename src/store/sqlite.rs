@@ -107,7 +107,7 @@ impl SqliteStore {
         // Migrated and checked through sqlx; the writer thread has its own
         // connection to the same file.
         conn.close().await?;
-        let points = PointReader::new(config.path.clone(), busy_timeout);
+        let points = PointReader::new(config.path.clone(), busy_timeout, timeouts.acquire);
         let runner = Arc::new(SqliteWriter::start(config, writer_conn, chain_key)?);
         Ok(Self {
             pool,

@@ -41,6 +41,10 @@ pub(crate) struct PointReader {
 struct Inner {
     path: PathBuf,
     busy_timeout: Duration,
+    /// How long a read waits for a connection (`DB_ACQUIRE_TIMEOUT_MS`, as
+    /// for the sqlx pool): reads stuck on a hung disk make the next ones
+    /// a quick 503, not a wait until the request's deadline.
+    acquire_timeout: Duration,
     idle: Mutex<Vec<Connection>>,
     /// One per connection: held from before a read is handed to the
     /// blocking pool until its connection is back in `idle`.
@@ -48,11 +52,12 @@ struct Inner {
 }
 
 impl PointReader {
-    pub fn new(path: PathBuf, busy_timeout: Duration) -> Self {
+    pub fn new(path: PathBuf, busy_timeout: Duration, acquire_timeout: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
                 path,
                 busy_timeout,
+                acquire_timeout,
                 idle: Mutex::new(Vec::new()),
                 permits: Arc::new(tokio::sync::Semaphore::new(CONNECTIONS)),
             }),
@@ -68,13 +73,25 @@ impl PointReader {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let inner = self.inner.clone();
-        let permit = self
-            .inner
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Unavailable("the SQLite readers are closed".into()))?;
+        let waited = tokio::time::timeout(
+            self.inner.acquire_timeout,
+            self.inner.permits.clone().acquire_owned(),
+        )
+        .await;
+        let permit = match waited {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => {
+                return Err(StoreError::Unavailable(
+                    "the SQLite readers are closed".into(),
+                ))
+            }
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "no SQLite reader connection free within {} ms",
+                    self.inner.acquire_timeout.as_millis()
+                )))
+            }
+        };
         tokio::task::spawn_blocking(move || {
             // Held until the connection is back in `idle`, however the read
             // ends.
