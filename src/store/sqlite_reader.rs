@@ -5,9 +5,10 @@
 //! command to sqlx's worker thread, each row back, then done), and an API
 //! read is three statements: a profile of `GET /api/bookings/:id` at 64
 //! connections spent more time in futex wake-ups and the scheduler than in
-//! SQLite. Here a statement is one hand-off to a blocking thread and one
-//! back. Every read is its own implicit transaction, so it sees every
-//! commit before it, from this process or another. Readers never write
+//! SQLite. Here a read is one hand-off to a blocking thread and one back,
+//! whatever its statements. Each read is one transaction (implicit, or
+//! explicit for `booking_read`'s three statements), so it sees every commit
+//! before it began, from this process or another. Readers never write
 //! (`query_only`); the other reads stay on sqlx's pool.
 
 use super::rows::BookingRow;
