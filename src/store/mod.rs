@@ -568,7 +568,7 @@ pub async fn open_with(
 /// is closed rather than returned to the pool: its state is unknown (one
 /// opened while the file was read-only stays read-only; one cut off by a
 /// restart is dead), and the pool opens a fresh one.
-pub(crate) async fn recycle_on_error<DB: sqlx::Database, T>(
+async fn recycle_on_error<DB: sqlx::Database, T>(
     conn: sqlx::pool::PoolConnection<DB>,
     result: Result<T, sqlx::Error>,
 ) -> Result<T, StoreError> {

@@ -147,19 +147,18 @@ pub async fn start_server(dir: &std::path::Path, env: &[(&str, &str)]) -> Server
     start_server_as(None, dir, env).await
 }
 
-/// `start_server`, the process running as the given user (a uid of the
-/// machine's, `setpriv`) instead of this test's: root ignores file modes.
-pub async fn start_server_as(
+/// `klubz-ledger serve` in `dir` with `env`, on a free port, JSON logs; as
+/// the given user (a uid of the machine's, `setpriv`) if one is given.
+pub fn serve_command(
     uid: Option<u32>,
     dir: &std::path::Path,
     env: &[(&str, &str)],
-) -> Server {
-    use tokio::io::AsyncBufReadExt;
+) -> std::process::Command {
     let exe = env!("CARGO_BIN_EXE_klubz-ledger");
     let mut cmd = match uid {
-        None => tokio::process::Command::new(exe),
+        None => std::process::Command::new(exe),
         Some(uid) => {
-            let mut c = tokio::process::Command::new("setpriv");
+            let mut c = std::process::Command::new("setpriv");
             c.arg(format!("--reuid={uid}"))
                 .arg(format!("--regid={uid}"))
                 .args(["--clear-groups", "--", exe]);
@@ -171,9 +170,20 @@ pub async fn start_server_as(
         .env("BIND_ADDR", "127.0.0.1:0")
         .env("LOG_FORMAT", "json")
         .env_remove("RUST_LOG")
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true);
+        .envs(env.iter().copied());
+    cmd
+}
+
+/// `start_server`, the process running as the given user (a uid of the
+/// machine's, `setpriv`) instead of this test's: root ignores file modes.
+pub async fn start_server_as(
+    uid: Option<u32>,
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Server {
+    use tokio::io::AsyncBufReadExt;
+    let mut cmd = tokio::process::Command::from(serve_command(uid, dir, env));
+    cmd.stdout(std::process::Stdio::piped()).kill_on_drop(true);
     let mut child = cmd.spawn().expect("spawn serve");
     let stdout = child.stdout.take().expect("stdout");
     let lines = Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -485,18 +485,7 @@ async fn sqlite_read_only_then_writable_heals_itself() {
 
     // Started on a read-only file: refused at once, saying why.
     set_writable(&db, false);
-    let out = Command::new("setpriv")
-        .arg(format!("--reuid={NOBODY}"))
-        .arg(format!("--regid={NOBODY}"))
-        .args([
-            "--clear-groups",
-            "--",
-            env!("CARGO_BIN_EXE_klubz-ledger"),
-            "serve",
-        ])
-        .current_dir(dir.path())
-        .env("BIND_ADDR", "127.0.0.1:0")
-        .envs(env.iter().copied())
+    let out = serve_command(Some(NOBODY), dir.path(), &env)
         .output()
         .unwrap();
     let said = format!(
